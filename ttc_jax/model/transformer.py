@@ -1,0 +1,275 @@
+"""Pure-functional Gemma 1/2/3 decoder in Flax, with an explicit static-shape KV cache.
+
+Parameter names and shapes follow the official Gemma checkpoints, so they load unchanged.
+"""
+
+from __future__ import annotations
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from ttc_jax.model.config import AttentionType, TransformerConfig
+
+K_MASK = -2.3819763e38  # Large negative logit for masked keys (the value Gemma uses).
+PAD_ID = 0
+
+
+@flax.struct.dataclass
+class LayerCache:
+  k: jax.Array  # [B, S, K, H]
+  v: jax.Array  # [B, S, K, H]
+
+
+@flax.struct.dataclass
+class Cache:
+  """KV cache shared by all layers. Every row writes at the same slot; padding slots are invalid.
+
+  A chunk of T tokens is written at slots [end_index, end_index + T). Rows whose chunk is shorter
+  leave invalid slots behind, so rows of different lengths share one write index (no scatter).
+  """
+  layers: tuple[LayerCache, ...]
+  valid: jax.Array  # [B, S] bool: slot holds a real token.
+  positions: jax.Array  # [B, S] int32: RoPE position of the token in each slot.
+  next_position: jax.Array  # [B] int32: position the next real token will get.
+  end_index: jax.Array  # [] int32: next slot to write.
+
+  @property
+  def size(self) -> int:
+    return self.valid.shape[1]
+
+  @property
+  def batch_size(self) -> int:
+    return self.valid.shape[0]
+
+
+def init_cache(config: TransformerConfig, batch_size: int, cache_size: int) -> Cache:
+  dtype = jnp.dtype(config.dtype)
+  shape = (batch_size, cache_size, config.num_kv_heads, config.head_dim)
+  layer = lambda: LayerCache(k=jnp.zeros(shape, dtype), v=jnp.zeros(shape, dtype))
+  return Cache(
+      layers=tuple(layer() for _ in range(config.num_layers)),
+      valid=jnp.zeros((batch_size, cache_size), bool),
+      positions=jnp.zeros((batch_size, cache_size), jnp.int32),
+      next_position=jnp.zeros((batch_size,), jnp.int32),
+      end_index=jnp.zeros((), jnp.int32))
+
+
+@flax.struct.dataclass
+class Output:
+  logits: jax.Array  # [B, T, V], or [B, V] when `logits_at` is given.
+  hidden: jax.Array | None  # final-norm activations, same leading shape as logits.
+  cache: Cache | None
+
+
+def apply_rope(x_BxTxNxH: jax.Array, positions_BxT: jax.Array, base: int,
+               scale: float) -> jax.Array:
+  head_dim = x_BxTxNxH.shape[-1]
+  timescale = base ** ((2.0 / head_dim) * jnp.arange(head_dim // 2, dtype=jnp.float32))
+  angles = positions_BxT[..., None] / timescale[None, None, :] / scale
+  sin, cos = jnp.sin(angles)[..., None, :], jnp.cos(angles)[..., None, :]
+  first, second = jnp.split(x_BxTxNxH, 2, axis=-1)
+  out = jnp.concatenate([first * cos - second * sin, second * cos + first * sin], axis=-1)
+  return out.astype(x_BxTxNxH.dtype)
+
+
+class RMSNorm(nn.Module):
+
+  @nn.compact
+  def __call__(self, x):
+    scale = self.param('scale', nn.initializers.zeros_init(), (x.shape[-1],), x.dtype)
+    var = jnp.mean(jnp.square(x), axis=-1, keepdims=True)
+    normed = x * jax.lax.rsqrt(var + 1e-6)
+    return normed * (1 + scale.reshape((1,) * (x.ndim - 1) + scale.shape))
+
+
+class Einsum(nn.Module):
+  shape: tuple[int, ...]
+  dtype: str = 'float32'
+
+  @nn.compact
+  def __call__(self, eqn: str, x: jax.Array) -> jax.Array:
+    w = self.param('w', nn.initializers.normal(), self.shape, jnp.dtype(self.dtype))
+    return jnp.einsum(eqn, x, w)
+
+
+class Attention(nn.Module):
+  config: TransformerConfig
+  attn_type: AttentionType
+
+  @nn.compact
+  def __call__(self, x_BxTxD, positions_BxT, mask_BxTxS, layer_cache: LayerCache | None,
+               end_index: jax.Array | None):
+    c = self.config
+    n, k, h, d = c.num_heads, c.num_kv_heads, c.head_dim, c.embed_dim
+    if n == k:  # Official checkpoints fuse q, k and v when there is one kv head per query head.
+      q, key, value = Einsum((3, n, d, h), c.dtype, name='qkv_einsum')('BTD,SNDH->SBTNH', x_BxTxD)
+    else:
+      q = Einsum((n, d, h), c.dtype, name='q_einsum')('BTD,NDH->BTNH', x_BxTxD)
+      key, value = Einsum((2, k, d, h), c.dtype, name='kv_einsum')('BSD,CKDH->CBSKH', x_BxTxD)
+    if c.use_qk_norm:
+      q = RMSNorm(name='_query_norm')(q)
+      key = RMSNorm(name='_key_norm')(key)
+    local = self.attn_type == AttentionType.LOCAL_SLIDING
+    base = c.local_base_frequency if local else c.global_base_frequency
+    scale = c.local_scale_factor if local else c.global_scale_factor
+    q = apply_rope(q, positions_BxT, base, scale) * c.query_pre_attn_scalar
+    key = apply_rope(key, positions_BxT, base, scale)
+
+    new_cache = None
+    if layer_cache is not None:
+      start = (0, end_index, 0, 0)
+      key = jax.lax.dynamic_update_slice(layer_cache.k, key.astype(layer_cache.k.dtype), start)
+      value = jax.lax.dynamic_update_slice(layer_cache.v, value.astype(layer_cache.v.dtype), start)
+      new_cache = LayerCache(k=key, v=value)
+
+    b, t = q.shape[:2]
+    q_BxTxKxGxH = q.reshape(b, t, k, n // k, h)
+    logits = jnp.einsum('BTKGH,BSKH->BTKGS', q_BxTxKxGxH, key)
+    if c.attn_logits_soft_cap is not None:
+      logits = jnp.tanh(logits / c.attn_logits_soft_cap) * c.attn_logits_soft_cap
+    logits = jnp.where(mask_BxTxS[:, :, None, None, :], logits, K_MASK)
+    probs = jax.nn.softmax(logits, axis=-1).astype(value.dtype)
+    encoded = jnp.einsum('BTKGS,BSKH->BTKGH', probs, value).reshape(b, t, n, h)
+    out = Einsum((n, h, d), c.dtype, name='attn_vec_einsum')('BTNH,NHD->BTD', encoded)
+    return out, new_cache
+
+
+class FeedForward(nn.Module):
+  config: TransformerConfig
+
+  @nn.compact
+  def __call__(self, x_BxTxD):
+    c = self.config
+    init, dtype = nn.initializers.normal(), jnp.dtype(c.dtype)
+    if c.transpose_gating_einsum:
+      w = self.param('gating_einsum', init, (2, c.hidden_dim, c.embed_dim), dtype)
+      gate = jnp.einsum('...F,NHF->...NH', x_BxTxD, w)
+    else:
+      w = self.param('gating_einsum', init, (2, c.embed_dim, c.hidden_dim), dtype)
+      gate = jnp.einsum('...F,NFH->...NH', x_BxTxD, w)
+    act = nn.gelu(gate[..., 0, :]) * gate[..., 1, :]
+    linear = self.param('linear', init, (c.hidden_dim, c.embed_dim), dtype)
+    return jnp.einsum('...H,HF->...F', act, linear)
+
+
+class Block(nn.Module):
+  config: TransformerConfig
+  attn_type: AttentionType
+
+  @nn.compact
+  def __call__(self, x, positions, mask, layer_cache, end_index):
+    c = self.config
+    attn, layer_cache = Attention(c, self.attn_type, name='attn')(
+        RMSNorm(name='pre_attention_norm')(x), positions, mask, layer_cache, end_index)
+    if c.use_post_attn_norm:
+      attn = RMSNorm(name='post_attention_norm')(attn)
+    x = x + attn
+    ffw = FeedForward(c, name='mlp')(RMSNorm(name='pre_ffw_norm')(x))
+    if c.use_post_ffw_norm:
+      ffw = RMSNorm(name='post_ffw_norm')(ffw)
+    return x + ffw, layer_cache
+
+
+class Embedder(nn.Module):
+  config: TransformerConfig
+
+  def setup(self):
+    c = self.config
+    self.input_embedding = self.param('input_embedding', nn.initializers.normal(),
+                                      (c.vocab_size, c.embed_dim), jnp.dtype(c.dtype))
+
+  def encode(self, tokens):
+    x = self.input_embedding[(tokens,)]
+    return x * jnp.sqrt(self.config.embed_dim).astype(x.dtype)
+
+  def decode(self, x):
+    return jnp.dot(x, self.input_embedding.T)
+
+
+def _masks(valid_BxS, slot_pos_BxS, positions_BxT, start, t, window):
+  """Causal-by-slot global mask and the sliding-window mask, each [B, T, S]."""
+  slots = jnp.arange(valid_BxS.shape[1])
+  query_slot = start + jnp.arange(t)
+  causal = slots[None, :] <= query_slot[:, None]  # [T, S]
+  global_mask = valid_BxS[:, None, :] & causal[None]
+  if window is None:
+    return global_mask, None
+  near = slot_pos_BxS[:, None, :] > positions_BxT[:, :, None] - window
+  return global_mask, global_mask & near
+
+
+class Transformer(nn.Module):
+  """Gemma decoder. `apply(params, tokens, input_mask=..., cache=...)` -> Output."""
+  config: TransformerConfig
+
+  @nn.compact
+  def __call__(self, tokens_BxT: jax.Array, input_mask_BxT: jax.Array | None = None,
+               cache: Cache | None = None, logits_at_B: jax.Array | None = None,
+               return_hidden: bool = False) -> Output:
+    """Runs the decoder on a chunk of tokens.
+
+    Args:
+      tokens_BxT: token ids.
+      input_mask_BxT: True for real tokens (default: tokens != 0). Padding gets no slot
+        visibility and does not advance positions.
+      cache: when given, the chunk is appended at `cache.end_index` and attends to the cache.
+      logits_at_B: when given, only the logits at this chunk index per row are computed.
+      return_hidden: also return the final-norm activations (for value heads).
+    """
+    c = self.config
+    if input_mask_BxT is None:
+      input_mask_BxT = tokens_BxT != PAD_ID
+    b, t = tokens_BxT.shape
+    offset = jnp.cumsum(input_mask_BxT, axis=-1, dtype=jnp.int32) - 1
+    if cache is None:
+      positions = jnp.maximum(offset, 0)
+      valid, slot_pos, start = input_mask_BxT, positions, 0
+    else:
+      positions = cache.next_position[:, None] + jnp.maximum(offset, 0)
+      start = cache.end_index
+      valid = jax.lax.dynamic_update_slice(cache.valid, input_mask_BxT, (0, start))
+      slot_pos = jax.lax.dynamic_update_slice(cache.positions, positions, (0, start))
+    global_mask, local_mask = _masks(valid, slot_pos, positions, start, t,
+                                     c.sliding_window_size)
+
+    embedder = Embedder(c, name='embedder')
+    x = embedder.encode(tokens_BxT)
+    new_layers = []
+    for i, attn_type in enumerate(c.attention_types):
+      mask = local_mask if attn_type == AttentionType.LOCAL_SLIDING else global_mask
+      layer_cache = None if cache is None else cache.layers[i]
+      x, layer_cache = Block(c, attn_type, name=f'layer_{i}')(
+          x, positions, mask, layer_cache, None if cache is None else start)
+      new_layers.append(layer_cache)
+    x = RMSNorm(name='final_norm')(x)
+
+    if logits_at_B is not None:
+      x = jnp.take_along_axis(x, logits_at_B[:, None, None], axis=1)[:, 0]
+    logits = embedder.decode(x)
+    if c.final_logit_softcap is not None:
+      logits = jnp.tanh(logits / c.final_logit_softcap) * c.final_logit_softcap
+
+    new_cache = None
+    if cache is not None:
+      new_cache = Cache(
+          layers=tuple(new_layers), valid=valid, positions=slot_pos,
+          next_position=cache.next_position + jnp.sum(input_mask_BxT, axis=-1, dtype=jnp.int32),
+          end_index=cache.end_index + t)
+    return Output(logits=logits, hidden=x if return_hidden else None, cache=new_cache)
+
+
+def init_params(config: TransformerConfig, key: jax.Array) -> dict:
+  """Random parameters (normal(1) einsums, zero norm scales), as Gemma's own initializers."""
+  tokens = jnp.ones((1, 1), jnp.int32)
+  return Transformer(config).init(key, tokens)['params']
+
+
+def param_shapes(config: TransformerConfig) -> dict:
+  """Parameter tree of ShapeDtypeStructs, computed without allocating memory."""
+  return jax.eval_shape(lambda k: init_params(config, k), jax.random.key(0))
+
+
+def count_params(tree) -> int:
+  return sum(int(x.size) for x in jax.tree.leaves(tree))

@@ -1,0 +1,209 @@
+"""The sampling kernel: one jitted prefill + `lax.while_loop` decode over a static KV cache.
+
+The only way tokens are made. A call appends a (bucket-padded) chunk to a new or existing cache,
+optionally fans each row out to N samples after one shared prefill, and decodes until every row
+has sampled a stop token or `max_new_tokens`. Each row's last sampled token is NOT in the returned
+cache: a continuation feeds it first (`SampleOutput.continuation`), so nothing is re-prefilled.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Sequence
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ttc_jax.model.config import TransformerConfig
+from ttc_jax.model.transformer import PAD_ID, Cache, Transformer, init_cache
+
+DEFAULT_BUCKETS = (16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768)
+
+
+@flax.struct.dataclass(kw_only=True)
+class SamplingState:
+  step: jax.Array  # [] int32: tokens sampled so far by every live row (column of `tokens`).
+  tokens: jax.Array  # [B, max_new] sampled ids, PAD after a row is done.
+  num_tokens: jax.Array  # [B] tokens sampled per row.
+  last_token: jax.Array  # [B] the newest sampled token (not yet in the cache).
+  done: jax.Array  # [B] row sampled a stop token or hit the limit.
+  cache: Cache
+  key: jax.Array
+
+
+@flax.struct.dataclass(kw_only=True)
+class SampleOutput:
+  tokens: jax.Array  # [B, max_new], PAD-filled after each row's end.
+  num_tokens: jax.Array  # [B]
+  last_token: jax.Array  # [B] last sampled token of each row; not in `cache`.
+  cache: Cache
+
+  def sequences(self) -> list[list[int]]:
+    tokens, lengths = np.asarray(self.tokens), np.asarray(self.num_tokens)
+    return [row[:n].tolist() for row, n in zip(tokens, lengths)]
+
+
+def bucket_length(n: int, buckets: Sequence[int] = DEFAULT_BUCKETS) -> int:
+  for b in buckets:
+    if n <= b:
+      return b
+  raise ValueError(f'prompt of {n} tokens is longer than the largest bucket {buckets[-1]}; '
+                   'pass longer buckets')
+
+
+def _top_p_filter(logits_BxV, top_p):
+  sorted_logits = jnp.sort(logits_BxV, axis=-1)[:, ::-1]
+  probs = jax.nn.softmax(sorted_logits, axis=-1)
+  keep = (jnp.cumsum(probs, axis=-1) - probs) < top_p  # always keeps the top token
+  threshold = jnp.min(jnp.where(keep, sorted_logits, jnp.inf), axis=-1, keepdims=True)
+  return jnp.where(logits_BxV < threshold, -jnp.inf, logits_BxV)
+
+
+def sample_logits(logits_BxV, key, temperature, top_p, top_k: int):
+  """Greedy when temperature == 0; else temperature, then top-k (static), then top-p."""
+  logits_BxV = logits_BxV.astype(jnp.float32)
+  greedy = jnp.argmax(logits_BxV, axis=-1)
+  scaled = logits_BxV / jnp.maximum(temperature, 1e-6)
+  if top_k > 0:
+    kth = jax.lax.top_k(scaled, top_k)[0][:, -1:]
+    scaled = jnp.where(scaled < kth, -jnp.inf, scaled)
+  scaled = jax.lax.cond(top_p < 1.0, _top_p_filter, lambda l, p: l, scaled, top_p)
+  sampled = jax.random.categorical(key, scaled, axis=-1)
+  return jnp.where(temperature > 0, sampled, greedy).astype(jnp.int32)
+
+
+def _repeat_rows(tree, n: int):
+  """Repeats every batch-leading array n times (row i -> rows i*n .. i*n+n-1)."""
+  return jax.tree.map(lambda x: x if x.ndim == 0 else jnp.repeat(x, n, axis=0), tree)
+
+
+@functools.partial(
+    jax.jit,
+    static_argnames=('config', 'num_samples', 'max_new_tokens', 'top_k', 'cache_size'),
+    donate_argnames=('cache',))
+def generate(params, tokens_BxT, lengths_B, stop_BxK, key, temperature, top_p, cache=None, *,
+             config: TransformerConfig, num_samples: int, max_new_tokens: int, top_k: int,
+             cache_size: int) -> SampleOutput:
+  """Prefills the chunk, fans out to num_samples, decodes. See `Sampler.sample`."""
+  model = Transformer(config)
+  b, t = tokens_BxT.shape
+  if cache is None:
+    cache = init_cache(config, b, cache_size)
+  input_mask = jnp.arange(t)[None, :] < lengths_B[:, None]
+  out = model.apply({'params': params}, tokens_BxT, input_mask, cache=cache,
+                    logits_at_B=lengths_B - 1)
+  logits, cache = out.logits, out.cache
+  if num_samples > 1:
+    logits, cache, stop_BxK = _repeat_rows((logits, cache, stop_BxK), num_samples)
+
+  def is_stop(tok_B):
+    return jnp.any(tok_B[:, None] == stop_BxK, axis=-1)
+
+  first = sample_logits(logits, jax.random.fold_in(key, 0), temperature, top_p, top_k)
+  rows = first.shape[0]
+  state = SamplingState(
+      step=jnp.ones((), jnp.int32),
+      tokens=jnp.zeros((rows, max_new_tokens), jnp.int32).at[:, 0].set(first),
+      num_tokens=jnp.ones((rows,), jnp.int32),
+      last_token=first,
+      done=is_stop(first) | (max_new_tokens <= 1),
+      cache=cache, key=key)
+
+  def cond(s: SamplingState):
+    return (s.step < max_new_tokens) & ~jnp.all(s.done)
+
+  def body(s: SamplingState) -> SamplingState:
+    live = ~s.done
+    o = model.apply({'params': params}, s.last_token[:, None], live[:, None], cache=s.cache,
+                    logits_at_B=jnp.zeros((rows,), jnp.int32))
+    nxt = sample_logits(o.logits, jax.random.fold_in(s.key, s.step), temperature, top_p, top_k)
+    nxt = jnp.where(live, nxt, PAD_ID)
+    num_tokens = s.num_tokens + live
+    return SamplingState(
+        step=s.step + 1,
+        tokens=jax.lax.dynamic_update_slice(s.tokens, nxt[:, None], (0, s.step)),
+        num_tokens=num_tokens,
+        last_token=jnp.where(live, nxt, s.last_token),
+        done=s.done | (live & (is_stop(nxt) | (num_tokens >= max_new_tokens))),
+        cache=o.cache, key=s.key)
+
+  s = jax.lax.while_loop(cond, body, state)
+  return SampleOutput(tokens=s.tokens, num_tokens=s.num_tokens, last_token=s.last_token,
+                      cache=s.cache)
+
+
+@dataclasses.dataclass(frozen=True)
+class Sampler:
+  """Host-side front end of `generate`: padding to buckets, argument checks."""
+  config: TransformerConfig
+  eos_id: int = 1
+  buckets: tuple[int, ...] = DEFAULT_BUCKETS
+
+  def sample(self, params, prompts: Sequence[Sequence[int]], *, key: jax.Array,
+             max_new_tokens: int, num_samples: int = 1, temperature: float = 1.0,
+             top_k: int = 0, top_p: float = 1.0,
+             stop_tokens: Sequence[int] | Sequence[Sequence[int]] | None = None,
+             cache: Cache | None = None, cache_size: int | None = None) -> SampleOutput:
+    """Samples continuations of `prompts` (lists of token ids, one per row).
+
+    With `cache`, the prompts are appended to it (the cache is donated: do not reuse it).
+    `stop_tokens`: ids shared by all rows, or one list per row (default: EOS). Output rows are
+    ordered prompt-major: row i*num_samples + j is sample j of prompt i.
+    """
+    if max_new_tokens < 1:
+      raise ValueError(f'max_new_tokens={max_new_tokens}; expected >= 1')
+    if num_samples < 1:
+      raise ValueError(f'num_samples={num_samples}; expected >= 1')
+    lengths = np.array([len(p) for p in prompts], np.int32)
+    if len(lengths) == 0 or lengths.min() < 1:
+      raise ValueError('every prompt needs at least one token (got an empty prompt or batch)')
+    t = bucket_length(int(lengths.max()), self.buckets)
+    tokens = np.zeros((len(prompts), t), np.int32)
+    for i, p in enumerate(prompts):
+      tokens[i, :len(p)] = p
+    if np.any((tokens < 0) | (tokens >= self.config.vocab_size)):
+      raise ValueError(f'prompt token ids must be in [0, {self.config.vocab_size})')
+
+    if cache is None:
+      size = cache_size or t + max_new_tokens
+      used = 0
+    else:
+      if cache.batch_size != len(prompts):
+        raise ValueError(f'cache has {cache.batch_size} rows but {len(prompts)} prompts given')
+      size, used = cache.size, int(cache.end_index)
+    if used + t + max_new_tokens > size:
+      raise ValueError(
+          f'prompt of {lengths.max()} tokens (bucket {t}) + max_new_tokens={max_new_tokens}'
+          f'{f" after {used} cached slots" if used else ""} does not fit the KV cache of {size}'
+          ' slots; pass a larger cache_size')
+    stop = self._stop_array(stop_tokens, len(prompts))
+    return generate(params, jnp.asarray(tokens), jnp.asarray(lengths), stop, key,
+                    jnp.float32(temperature), jnp.float32(top_p), cache, config=self.config,
+                    num_samples=num_samples, max_new_tokens=max_new_tokens, top_k=top_k,
+                    cache_size=size)
+
+  def _stop_array(self, stop_tokens, rows: int) -> jax.Array:
+    if stop_tokens is None:
+      stop_tokens = [self.eos_id]
+    if len(stop_tokens) and not isinstance(stop_tokens[0], (int, np.integer)):
+      per_row = [list(s) for s in stop_tokens]
+      if len(per_row) != rows:
+        raise ValueError(f'{len(per_row)} per-row stop lists for {rows} prompts')
+    else:
+      per_row = [list(stop_tokens)] * rows
+    width = max(1, max(len(s) for s in per_row))
+    arr = np.full((rows, width), -1, np.int32)
+    for i, s in enumerate(per_row):
+      arr[i, :len(s)] = s
+    return jnp.asarray(arr)
+
+
+def continuation(output: SampleOutput, extra: Sequence[Sequence[int]] | None = None
+                 ) -> list[list[int]]:
+  """Prompts that continue `output` from its cache: each row's pending last token + extra ids."""
+  last = np.asarray(output.last_token).tolist()
+  extra = extra or [[] for _ in last]
+  return [[tok] + list(e) for tok, e in zip(last, extra)]
