@@ -1,0 +1,143 @@
+"""The one training loop: AdamW with warm-up and cosine decay, orbax checkpoints, resume after kill.
+
+Batches are a pure function of the step (see data.batch_at), so a killed and resumed run ends
+with exactly the parameters of an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+import time
+from typing import Any, Protocol
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+import orbax.checkpoint as ocp
+from absl import logging
+
+from ttc_jax.training.data import Batch, Examples, batch_at
+
+
+class Objective(Protocol):
+  def init(self, key: jax.Array) -> Any: ...
+  def loss(self, params, batch: Batch) -> tuple[jax.Array, dict[str, jax.Array]]: ...
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array
+  params: Any
+  opt_state: Any
+
+
+def make_optimizer(cfg: ml_collections.ConfigDict) -> optax.GradientTransformation:
+  schedule = optax.warmup_cosine_decay_schedule(
+      init_value=0.0, peak_value=cfg.learning_rate, warmup_steps=cfg.warmup_steps,
+      decay_steps=max(cfg.steps, cfg.warmup_steps + 1), end_value=cfg.learning_rate * 0.1)
+  return optax.chain(
+      optax.clip_by_global_norm(cfg.grad_clip),
+      optax.adamw(schedule, b1=0.9, b2=0.95, weight_decay=cfg.weight_decay))
+
+
+def train_step(state: TrainState, batch: Batch, *, objective: Objective,
+               optimizer: optax.GradientTransformation) -> tuple[TrainState, dict]:
+  grads, metrics = jax.grad(objective.loss, has_aux=True)(state.params, batch)
+  updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  metrics = dict(metrics, grad_norm=optax.tree.norm(grads))
+  return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+
+def _manager(directory: str) -> ocp.CheckpointManager:
+  options = ocp.CheckpointManagerOptions(max_to_keep=2, create=True,
+                                         enable_async_checkpointing=False)
+  return ocp.CheckpointManager(os.path.abspath(directory), options=options)
+
+
+def _restore(mngr: ocp.CheckpointManager, state: TrainState, directory: str) -> TrainState:
+  step = mngr.latest_step()
+  try:
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
+    return mngr.restore(step, args=ocp.args.StandardRestore(abstract))
+  except Exception as e:  # orbax raises many types for truncated or mismatching checkpoints.
+    raise ValueError(
+        f'checkpoint step {step} in {directory} is corrupt or does not match the config '
+        f'({type(e).__name__}: {str(e).splitlines()[0][:160]}); delete {directory}/{step} to '
+        'resume from an earlier step, or the whole directory to restart') from None
+
+
+def _initial_state(objective: Objective, cfg, optimizer, init_params) -> TrainState:
+  params = objective.init(jax.random.key(cfg.seed)) if init_params is None else init_params
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                    opt_state=optimizer.init(params))
+
+
+def load_params(directory: str, objective: Objective, cfg: ml_collections.ConfigDict):
+  """Params of the latest checkpoint in `directory` (written by `train` with this cfg)."""
+  mngr = _manager(directory)
+  if mngr.latest_step() is None:
+    raise FileNotFoundError(f'no checkpoint in {directory}; run its training stage first')
+  abstract = jax.eval_shape(lambda: _initial_state(objective, cfg, make_optimizer(cfg), None))
+  return _restore(mngr, abstract, directory).params
+
+
+def train(objective: Objective, examples: Examples, cfg: ml_collections.ConfigDict,
+          directory: str, name: str, init_params: Any = None,
+          stop_after: int | None = None) -> Any:
+  """Trains to cfg.steps, checkpointing into `directory`; resumes from its latest checkpoint.
+
+  `stop_after` ends the run early at that step (as a kill would), leaving its checkpoints.
+  """
+  optimizer = make_optimizer(cfg)
+  state = _initial_state(objective, cfg, optimizer, init_params)
+  mngr = _manager(directory)
+  if mngr.latest_step() is not None:
+    state = _restore(mngr, state, directory)
+    logging.info('%s: resumed from step %d', name, int(state.step))
+  start = int(state.step)
+  metrics_path = os.path.join(directory, 'metrics.jsonl')
+  _truncate_metrics(metrics_path, start)
+  step_fn = jax.jit(functools.partial(train_step, objective=objective, optimizer=optimizer),
+                    donate_argnames=('state',))
+  t0, last_log = time.perf_counter(), start
+  for step in range(start, min(cfg.steps, stop_after or cfg.steps)):
+    batch = batch_at(examples, step, cfg.batch_size, cfg.seed)
+    state, metrics = step_fn(state, batch)
+    done = step + 1
+    if done % cfg.log_every == 0 or done == cfg.steps:
+      metrics = {k: float(v) for k, v in metrics.items()}
+      rate = (done - last_log) / (time.perf_counter() - t0)
+      t0, last_log = time.perf_counter(), done
+      eta = (cfg.steps - done) / max(rate, 1e-9)
+      logging.info('%s: step %d/%d loss %.4f %.2f steps/s ETA %dm%02ds', name, done, cfg.steps,
+                   metrics['loss'], rate, eta // 60, eta % 60)
+      with open(metrics_path, 'a') as f:
+        f.write(json.dumps(dict(metrics, step=done, steps_per_s=rate)) + '\n')
+    if done % cfg.checkpoint_every == 0 or done == cfg.steps:
+      mngr.save(done, args=ocp.args.StandardSave(state))
+  mngr.wait_until_finished()
+  return state.params
+
+
+def _truncate_metrics(path: str, step: int) -> None:
+  """Drops log lines past the resumed step so the log reads as one uninterrupted run."""
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    keep = [line for line in f if line.strip() and json.loads(line)['step'] <= step]
+  tmp = path + '.tmp'
+  with open(tmp, 'w') as f:
+    f.writelines(keep)
+  os.replace(tmp, path)
+
+
+def default_config() -> ml_collections.ConfigDict:
+  return ml_collections.ConfigDict(dict(
+      steps=1000, batch_size=32, learning_rate=1e-3, warmup_steps=100, weight_decay=0.01,
+      grad_clip=1.0, seed=0, log_every=50, checkpoint_every=200))
