@@ -36,7 +36,8 @@ class Tokenizer:
             user_defined_symbols: Sequence[str] = (), byte_fallback: bool = False) -> Tokenizer:
     """Trains a BPE model on `texts` and writes it atomically to `path`.
 
-    `vocab_size` is an upper bound: a small alphabet (like arith's) yields fewer pieces.
+    `vocab_size` is an upper bound: a small alphabet (like arith's) yields fewer pieces. With
+    `byte_fallback` unseen characters encode as bytes, which needs vocab_size >= ~280.
     """
     if vocab_size <= UNK_ID + 1 + len(user_defined_symbols):
       raise ValueError(f'vocab_size {vocab_size} leaves no room beyond the 4 special ids and '

@@ -123,7 +123,7 @@ def _sample_question(rng: random.Random, num_ops: int, max_operand: int, max_val
   for _ in range(num_ops):
     # Pick the operator first so '*' (few operands keep the value in range) is not starved. No '*0':
     # it would erase every earlier error, and a wrong step must make the answer wrong.
-    valid = {op: [b for b in range(op == '*', max_operand + 1)
+    valid = {op: [b for b in range(1 if op == '*' else 0, max_operand + 1)
                   if abs(_apply(value, op, b)) <= max_value] for op in OPERATORS}
     op = rng.choice([o for o in OPERATORS if valid[o]])
     b = rng.choice(valid[op])
