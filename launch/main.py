@@ -10,15 +10,23 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from ttc_jax import workdir as wd
+from ttc_jax.pipeline import calibrate, data, sample, tokenizer, train_base
 from ttc_jax.sampling import demo
 
 STAGES = {
+    'data': data.run,
+    'tokenizer': tokenizer.run,
+    'train_base': train_base.run,
+    'sample': sample.run,
+    'calibrate': calibrate.run,
     'demo': demo.run,
 }
+# `all` runs these in order.
+PIPELINE = ('data', 'tokenizer', 'train_base', 'sample', 'calibrate')
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'ml_collections config file.')
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory holding every artifact.')
-_MODE = flags.DEFINE_enum('mode', 'demo', list(STAGES), 'Pipeline stage to run.')
+_MODE = flags.DEFINE_enum('mode', 'all', ['all', *STAGES], 'Pipeline stage to run.')
 _TRACEBACK = flags.DEFINE_bool('traceback', False, 'Show full tracebacks for input errors.')
 flags.mark_flags_as_required(['config', 'workdir'])
 
@@ -51,8 +59,9 @@ def main(argv):
     except OSError as e:
       raise FileNotFoundError(f'cannot load --config: {str(e).splitlines()[-1].strip()}') from None
     workdir = wd.prepare(_WORKDIR.value)
-    logging.info('stage %s in %s', _MODE.value, workdir)
-    STAGES[_MODE.value](config, workdir)
+    for stage in PIPELINE if _MODE.value == 'all' else (_MODE.value,):
+      logging.info('stage %s in %s', stage, workdir)
+      STAGES[stage](config, workdir)
   except USER_ERRORS as e:
     if _TRACEBACK.value:
       raise

@@ -64,8 +64,9 @@ class Tokenizer:
     return self._sp.encode(text, add_bos=add_bos, add_eos=add_eos)
 
   def decode(self, ids: Iterable[int]) -> str:
-    """Text of `ids`; special ids (pad, bos, eos) decode to nothing."""
-    return self._sp.decode([int(i) for i in ids])
+    """Text of `ids`; special ids (pad, bos, eos) and ids past the vocabulary (a model whose
+    embedding table is padded) decode to nothing."""
+    return self._sp.decode([int(i) for i in ids if 0 <= int(i) < self.vocab_size])
 
   def piece(self, i: int) -> str:
     return self._sp.id_to_piece(int(i))

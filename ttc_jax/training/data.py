@@ -55,15 +55,34 @@ def pack(prompts: Sequence[Sequence[int]], completions: Sequence[Sequence[int]],
   return Examples(tokens=tokens, loss_mask=mask)
 
 
-def batch_at(examples: Examples, step: int, batch_size: int, seed: int) -> Batch:
-  """Batch of `step`: epoch-wise permutations seeded by (seed, epoch), no example dropped."""
+def _epoch_batches(lengths: np.ndarray, batch_size: int, seed: int, epoch: int) -> np.ndarray:
+  """[batches, batch_size] indices: shuffled, then grouped by length inside windows of 32
+  batches (so padding is small), then the batches shuffled again."""
+  rng = np.random.default_rng([seed, epoch])
+  order = rng.permutation(len(lengths))
+  per_epoch = len(lengths) // batch_size
+  order = order[:per_epoch * batch_size]
+  window = 32 * batch_size
+  for start in range(0, len(order), window):
+    chunk = order[start:start + window]
+    order[start:start + window] = chunk[np.argsort(lengths[chunk], kind='stable')]
+  batches = order.reshape(per_epoch, batch_size)
+  return batches[rng.permutation(per_epoch)]
+
+
+def batch_at(examples: Examples, step: int, batch_size: int, seed: int,
+             length_bucket: int = 32) -> Batch:
+  """Batch of `step`, a pure function of (examples, step, seed). Examples are visited once per
+  epoch; the batch is trimmed to its longest row rounded up to `length_bucket` (few shapes)."""
   n = examples.size
   if batch_size > n:
     raise ValueError(f'batch_size={batch_size} exceeds the {n} training examples')
   per_epoch = n // batch_size
   epoch, offset = divmod(step, per_epoch)
-  order = np.random.default_rng([seed, epoch]).permutation(n)
-  idx = order[offset * batch_size:(offset + 1) * batch_size]
-  take = lambda a: None if a is None else a[idx]
-  return Batch(tokens=examples.tokens[idx], loss_mask=examples.loss_mask[idx],
+  lengths = (examples.tokens != PAD_ID).sum(axis=1)
+  idx = _epoch_batches(lengths, batch_size, seed, epoch)[offset]
+  width = min(examples.tokens.shape[1],
+              -(-int(lengths[idx].max()) // length_bucket) * length_bucket)
+  take = lambda a: None if a is None else a[idx, :width]
+  return Batch(tokens=take(examples.tokens), loss_mask=take(examples.loss_mask),
                value_targets=take(examples.value_targets), value_mask=take(examples.value_mask))

@@ -1,0 +1,56 @@
+"""The embedded default: the synthetic `arith` task, its tokenizer, a base and a ~14x larger model.
+
+Variants (`--config=configs/arith.py:VARIANT`):
+  (none)  the CPU default: the `base` model, the README's main job.
+  large   the same data and tokenizer, the `large` model (~14x base parameters).
+  tiny    seconds-long runs for tests.
+  gpu     more data, longer training and bigger batches for an accelerator.
+"""
+
+import ml_collections
+
+from ttc_jax.training import trainer
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  variant = arg or 'default'
+  if variant not in ('default', 'large', 'tiny', 'gpu'):
+    raise ValueError(f'unknown arith variant {variant!r}; expected default, large, tiny or gpu')
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.model_name = 'large' if variant == 'large' else 'base'
+  c.task = ml_collections.ConfigDict(dict(
+      name='arith', seed=0, train_size=20_000, validation_size=500, test_size=500,
+      num_ops_min=1, num_ops_max=12, max_operand=20, max_value=99))
+  c.tokenizer = ml_collections.ConfigDict(dict(vocab_size=32))
+  c.models = ml_collections.ConfigDict(dict(
+      base=dict(generation='gemma3', embed_dim=128, hidden_dim=512, num_heads=4, head_dim=32,
+                num_kv_heads=1, num_layers=4, sliding_window_size=128),
+      large=dict(generation='gemma3', embed_dim=384, hidden_dim=1536, num_heads=6,
+                 head_dim=64, num_kv_heads=2, num_layers=8, sliding_window_size=128),
+  ))
+  c.train = trainer.default_config()
+  c.train.update(dict(steps=3000, batch_size=64, learning_rate=2e-3, warmup_steps=200,
+                      log_every=100, checkpoint_every=500))
+  c.train.max_len = 320
+  c.sample = ml_collections.ConfigDict(dict(
+      split='test', num_samples=64, temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=256,
+      problems_per_batch=16, max_problems=0))
+  c.calibrate = ml_collections.ConfigDict(dict(ks=(1, 4, 16, 64), num_bins=5, error_sample=300))
+
+  if variant == 'large':
+    c.train.update(dict(learning_rate=1e-3))
+  elif variant == 'tiny':
+    c.task.update(dict(train_size=400, validation_size=20, test_size=20, num_ops_max=4))
+    c.models.base.update(dict(embed_dim=32, hidden_dim=64, num_heads=2, head_dim=16,
+                              num_layers=2))
+    c.train.update(dict(steps=20, batch_size=16, warmup_steps=2, log_every=5,
+                        checkpoint_every=10))
+    c.train.max_len = 96
+    c.sample.update(dict(num_samples=4, max_new_tokens=64, problems_per_batch=8))
+    c.calibrate.update(dict(ks=(1, 2, 4), error_sample=20))
+  elif variant == 'gpu':
+    c.task.update(dict(train_size=200_000))
+    c.train.update(dict(steps=20_000, batch_size=256))
+    c.sample.update(dict(problems_per_batch=64))
+  return c
