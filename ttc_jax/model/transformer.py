@@ -5,6 +5,8 @@ Parameter names and shapes follow the official Gemma checkpoints, so they load u
 
 from __future__ import annotations
 
+import functools
+
 import flax
 import flax.linen as nn
 import jax
@@ -262,13 +264,19 @@ class Transformer(nn.Module):
 
 def init_params(config: TransformerConfig, key: jax.Array) -> dict:
   """Random parameters (normal(1) einsums, zero norm scales), as Gemma's own initializers."""
-  tokens = jnp.ones((1, 1), jnp.int32)
-  return Transformer(config).init(key, tokens)['params']
+  return _init(key, config=config)
+
+
+@functools.partial(jax.jit, static_argnames=('config',))
+def _init(key: jax.Array, *, config: TransformerConfig) -> dict:
+  # One compilation per config instead of one eager op per parameter shape.
+  return Transformer(config).init(key, jnp.ones((1, 1), jnp.int32))['params']
 
 
 def param_shapes(config: TransformerConfig) -> dict:
   """Parameter tree of ShapeDtypeStructs, computed without allocating memory."""
-  return jax.eval_shape(lambda k: init_params(config, k), jax.random.key(0))
+  return jax.eval_shape(lambda k: Transformer(config).init(k, jnp.ones((1, 1), jnp.int32))[
+      'params'], jax.random.key(0))
 
 
 def count_params(tree) -> int:
