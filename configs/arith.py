@@ -30,7 +30,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                  head_dim=64, num_kv_heads=2, num_layers=8, sliding_window_size=128),
   ))
   c.train = trainer.default_config()
-  c.train.update(dict(steps=3000, batch_size=64, learning_rate=2e-3, warmup_steps=200,
+  c.train.update(dict(steps=2000, batch_size=32, learning_rate=2e-3, warmup_steps=100,
                       log_every=100, checkpoint_every=500))
   c.train.max_len = 320
   c.sample = ml_collections.ConfigDict(dict(
