@@ -1,0 +1,115 @@
+"""The launcher end to end on the tiny arith config: stages, skipping, resume after kill -9,
+one-line errors for bad input."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = 'configs/arith.py:tiny'
+
+
+def launch(workdir, *args, mode='all', wait=True):
+  cmd = [sys.executable, '-m', 'launch.main', f'--config={TINY}', f'--workdir={workdir}',
+         f'--mode={mode}', *args]
+  env = dict(os.environ, JAX_PLATFORMS='cpu', XLA_FLAGS='')
+  if not wait:
+    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+  return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+
+
+def _final_params(workdir):
+  from configs.arith import get_config
+  from ttc_jax.pipeline import train_base
+  import jax
+  _, params = train_base.load_model(get_config('tiny'), str(workdir), 'base', 'test')
+  return [np.asarray(x) for x in jax.tree.leaves(params)]
+
+
+@pytest.fixture(scope='module')
+def full_run(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp('full')
+  result = launch(workdir)
+  assert result.returncode == 0, result.stderr[-2000:]
+  return workdir
+
+
+def test_all_writes_every_artifact(full_run):
+  calib = json.loads((full_run / 'calibration.json').read_text())
+  assert set(calib['bins']) == {'1', '2', '3', '4', '5'}
+  assert calib['overall']['num_problems'] == 20
+  assert (full_run / 'calibration.png').stat().st_size > 1000
+  info = json.loads((full_run / 'models' / 'base' / 'info.json').read_text())
+  assert info['pretrain_flops'] == pytest.approx(6 * info['num_params'] * info['tokens_seen'])
+  assert not [p for p in full_run.rglob('*') if '.tmp' in p.name]
+
+
+def test_rerun_skips_finished_stages(full_run):
+  before = {p: p.stat().st_mtime for p in full_run.rglob('*.json*')}
+  result = launch(full_run)
+  assert result.returncode == 0
+  assert 'skipping' in result.stderr
+  assert {p: p.stat().st_mtime for p in full_run.rglob('*.json*')} == before
+
+
+def test_kill_9_during_train_base_then_rerun_equals_uninterrupted(full_run, tmp_path):
+  for stage in ('data', 'tokenizer'):
+    assert launch(tmp_path, mode=stage).returncode == 0
+  proc = launch(tmp_path, '--config.train.steps=60', mode='train_base', wait=False)
+  ckpt = tmp_path / 'models' / 'base' / '10'
+  deadline = time.time() + 300
+  while not ckpt.exists() and time.time() < deadline and proc.poll() is None:
+    time.sleep(0.05)
+  os.kill(proc.pid, signal.SIGKILL)
+  proc.wait()
+  assert not (tmp_path / 'models' / 'base' / 'info.json').exists()
+  assert launch(tmp_path, '--config.train.steps=60', mode='train_base').returncode == 0
+  other = tmp_path / 'uninterrupted'
+  for stage in ('data', 'tokenizer'):
+    launch(other, mode=stage)
+  assert launch(other, '--config.train.steps=60', mode='train_base').returncode == 0
+  for a, b in zip(_final_params(tmp_path), _final_params(other)):
+    np.testing.assert_array_equal(a, b)
+
+
+def _one_line_error(result, pattern):
+  assert result.returncode == 2, result.stderr[-2000:]
+  last = result.stderr.strip().splitlines()[-1]
+  assert last.startswith('error: ') and pattern in last, last
+
+
+def test_unknown_config_key(tmp_path):
+  _one_line_error(launch(tmp_path, '--config.train.stepz=3', mode='data'),
+                  "unknown config key among ['--config.train.stepz']")
+  assert not os.listdir(tmp_path)
+
+
+def test_stage_before_its_inputs(tmp_path):
+  _one_line_error(launch(tmp_path, mode='train_base'), 'run --mode=tokenizer first')
+  assert not (tmp_path / 'models').exists()
+
+
+def test_unwritable_workdir(tmp_path):
+  blocker = tmp_path / 'file'
+  blocker.write_text('x')
+  # Root ignores permission bits, so "read-only" is a path under a regular file.
+  _one_line_error(launch(blocker / 'wd', mode='data'), 'is not writable')
+
+
+def test_corrupt_checkpoint(full_run, tmp_path):
+  import shutil
+  shutil.copytree(full_run, tmp_path / 'wd')
+  (tmp_path / 'wd' / 'models' / 'base' / 'info.json').unlink()
+  (tmp_path / 'wd' / 'calibration.json').unlink()
+  shutil.rmtree(tmp_path / 'wd' / 'samples')
+  for f in (tmp_path / 'wd' / 'models' / 'base' / '20').rglob('*'):
+    if f.is_file():
+      f.write_bytes(b'')
+  _one_line_error(launch(tmp_path / 'wd', mode='train_base'), 'is corrupt or does not match')
