@@ -26,7 +26,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.models = ml_collections.ConfigDict(dict(
       base=dict(generation='gemma3', embed_dim=128, hidden_dim=512, num_heads=4, head_dim=32,
                 num_kv_heads=1, num_layers=4, sliding_window_size=128),
-      large=dict(generation='gemma3', embed_dim=384, hidden_dim=1536, num_heads=6,
+      large=dict(generation='gemma3', embed_dim=352, hidden_dim=1408, num_heads=4,
                  head_dim=64, num_kv_heads=2, num_layers=8, sliding_window_size=128),
   ))
   c.train = trainer.default_config()
