@@ -109,3 +109,12 @@ def test_prompt_longer_than_cache_is_a_clear_error():
                      r'does not fit the KV cache of 24 slots; pass a larger cache_size'):
     SAMPLER.sample(PARAMS, _prompts([30]), key=jax.random.key(0), max_new_tokens=8,
                    cache_size=24)
+
+
+def test_categorical_draw_matches_probabilities():
+  logits = jnp.log(jnp.array([[0.5, 0.3, 0.15, 0.05]] * 20000))
+  draws = sampling.sample_logits(logits, jax.random.key(0), jnp.float32(1.0), jnp.float32(1.0), 0)
+  freq = np.bincount(np.asarray(draws), minlength=4) / 20000
+  np.testing.assert_allclose(freq, [0.5, 0.3, 0.15, 0.05], atol=0.015)
+  top2 = sampling.sample_logits(logits, jax.random.key(1), jnp.float32(1.0), jnp.float32(1.0), 2)
+  assert set(np.asarray(top2).tolist()) == {0, 1}

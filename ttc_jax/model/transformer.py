@@ -147,7 +147,10 @@ class FeedForward(nn.Module):
     init, dtype = nn.initializers.normal(), jnp.dtype(c.dtype)
     if c.transpose_gating_einsum:
       w = self.param('gating_einsum', init, (2, c.hidden_dim, c.embed_dim), dtype)
-      gate = jnp.einsum('...F,NHF->...NH', x_BxTxD, w)
+      # x @ W^T with W viewed as [2*hidden, D]: XLA:CPU uses this layout as is, while the einsum
+      # made it copy the weight transposed inside the decode loop on every step (37% of time).
+      gate = jnp.dot(x_BxTxD, w.reshape(2 * c.hidden_dim, c.embed_dim).T)
+      gate = gate.reshape(*x_BxTxD.shape[:-1], 2, c.hidden_dim)
     else:
       w = self.param('gating_einsum', init, (2, c.embed_dim, c.hidden_dim), dtype)
       gate = jnp.einsum('...F,NFH->...NH', x_BxTxD, w)
