@@ -1,6 +1,6 @@
 """Stage `sample`: N samples per problem of a split from a trained model, graded, in shards.
 
-Shards (samples/<model>/<split>/shard_XXXXX.jsonl) are written atomically; a rerun skips the
+Shards (samples/<model>/<split>/shard_00000.jsonl, ...) are written atomically; a rerun skips the
 shards that exist, so a killed run loses at most one shard.
 """
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 
-import jax
 import ml_collections
 import numpy as np
 from absl import logging

@@ -8,13 +8,11 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
 import json
 import os
 import pathlib
 import random
 import re
-import tempfile
 from typing import Iterator, Sequence
 
 import tensorflow_datasets as tfds
@@ -63,17 +61,6 @@ def read_jsonl(path: pathlib.Path, fields: Sequence[str], expected: str,
       yield number, row
 
 
-def build_dir(name: str, source: pathlib.Path, files: Sequence[str]) -> pathlib.Path:
-  """A TFDS data_dir in the system temp dir, keyed by the inputs' path, size and mtime.
-
-  TFDS never rebuilds a prepared dataset, so edited or different JSONL needs a different dir.
-  """
-  stats = [(str((source / f).resolve()), (source / f).stat().st_size,
-            (source / f).stat().st_mtime_ns) for f in files if (source / f).is_file()]
-  digest = hashlib.sha256(repr(stats).encode()).hexdigest()[:12]
-  return pathlib.Path(tempfile.gettempdir()) / 'ttc_jax_tfds' / f'{name}_{digest}'
-
-
 def format_solution(raw: str) -> tuple[str, str]:
   """(solution in the prompt format, gold answer) from a GSM8K `answer` field."""
   body, sep, final = raw.rpartition('####')
@@ -116,14 +103,8 @@ def load(split: str = 'test', data_dir: str | os.PathLike | None = None,
   The JSONL is built once into a TFDS array_record dataset under `tfds_dir` (default: a temp dir
   keyed by the input files) and read back from there.
   """
-  if split not in SPLITS:
-    raise ValueError(f'unknown GSM8K split {split!r}; expected one of {SPLITS}')
-  source = pathlib.Path(data_dir or DEFAULT_DATA_DIR)
-  for f in Gsm8kBuilder.MANUAL_FILES:
-    if not (source / f).is_file():
-      raise FileNotFoundError(f'{source / f} not found; expected {_EXPECTED}')
-  tfds_dir = tfds_dir or build_dir(NAME, source, Gsm8kBuilder.MANUAL_FILES)
-  rows = records.load_split(Gsm8kBuilder, split, tfds_dir, manual_dir=source)
+  rows = records.load_local(Gsm8kBuilder, split, SPLITS, data_dir or DEFAULT_DATA_DIR,
+                            tfds_dir, _EXPECTED)
   return [Record(**row) for row in rows]
 
 

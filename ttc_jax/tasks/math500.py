@@ -17,7 +17,8 @@ from typing import Iterator
 import tensorflow_datasets as tfds
 
 from ttc_jax.tasks import grading, records
-from ttc_jax.tasks.gsm8k import build_dir, read_jsonl
+from ttc_jax.tasks.gsm8k import read_jsonl
+from ttc_jax.tasks.records import build_dir  # noqa: F401  (public: tests key dirs by it)
 
 NAME = 'math500'
 SPLITS = ('test',)
@@ -79,14 +80,8 @@ def load(split: str = 'test', data_dir: str | os.PathLike | None = None,
   The JSONL is built once into a TFDS array_record dataset under `tfds_dir` (default: a temp dir
   keyed by the input files) and read back from there.
   """
-  if split not in SPLITS:
-    raise ValueError(f'unknown MATH500 split {split!r}; expected one of {SPLITS}')
-  source = pathlib.Path(data_dir or DEFAULT_DATA_DIR)
-  for f in Math500Builder.MANUAL_FILES:
-    if not (source / f).is_file():
-      raise FileNotFoundError(f'{source / f} not found; expected {_EXPECTED}')
-  tfds_dir = tfds_dir or build_dir(NAME, source, Math500Builder.MANUAL_FILES)
-  rows = records.load_split(Math500Builder, split, tfds_dir, manual_dir=source)
+  rows = records.load_local(Math500Builder, split, SPLITS, data_dir or DEFAULT_DATA_DIR,
+                            tfds_dir, _EXPECTED)
   return [Record(**row) for row in rows]
 
 

@@ -8,10 +8,12 @@ python dicts. Only `as_data_source` is used: `as_dataset` and tfrecord files nee
 from __future__ import annotations
 
 import abc
+import hashlib
 import json
 import os
+import pathlib
 import tempfile
-from typing import ClassVar, Iterable, Iterator, Mapping
+from typing import ClassVar, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -138,3 +140,29 @@ def load_split(builder_cls: type[JsonRecordsBuilder] | str, split: str,
                      f'{sorted(builder.info.splits)}')
   source = builder.as_data_source(split=split)
   return [{k: _to_python(v) for k, v in source[i].items()} for i in range(len(source))]
+
+
+def build_dir(name: str, source: pathlib.Path, files: Sequence[str]) -> pathlib.Path:
+  """A TFDS data_dir in the system temp dir, keyed by the inputs' path, size and mtime.
+
+  TFDS never rebuilds a prepared dataset, so edited or different JSONL needs a different dir.
+  """
+  stats = [(str((source / f).resolve()), (source / f).stat().st_size,
+            (source / f).stat().st_mtime_ns) for f in files if (source / f).is_file()]
+  digest = hashlib.sha256(repr(stats).encode()).hexdigest()[:12]
+  return pathlib.Path(tempfile.gettempdir()) / 'ttc_jax_tfds' / f'{name}_{digest}'
+
+
+def load_local(builder_cls: type[JsonRecordsBuilder], split: str, splits: Sequence[str],
+               source: str | os.PathLike, tfds_dir: str | os.PathLike | None,
+               expected: str) -> list[Record]:
+  """`split` of a builder whose MANUAL_FILES are local JSONL in `source`, built once into
+  `tfds_dir` (default: a temp dir keyed by the input files) and read back from there."""
+  if split not in splits:
+    raise ValueError(f'unknown {builder_cls.name} split {split!r}; expected one of {tuple(splits)}')
+  source = pathlib.Path(source)
+  for f in builder_cls.MANUAL_FILES:
+    if not (source / f).is_file():
+      raise FileNotFoundError(f'{source / f} not found; expected {expected}')
+  tfds_dir = tfds_dir or build_dir(builder_cls.name, source, builder_cls.MANUAL_FILES)
+  return load_split(builder_cls, split, tfds_dir, manual_dir=source)

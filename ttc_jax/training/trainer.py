@@ -6,7 +6,6 @@ with exactly the parameters of an uninterrupted one.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import json
 import os
