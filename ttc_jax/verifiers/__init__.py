@@ -1,0 +1,1 @@
+"""Verifiers: PRM/ORM step scores, step aggregation and answer selection."""
