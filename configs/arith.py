@@ -37,6 +37,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       split='test', num_samples=64, temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=256,
       problems_per_batch=16, max_problems=0))
   c.calibrate = ml_collections.ConfigDict(dict(ks=(1, 4, 16, 64), num_bins=5, error_sample=300))
+  c.eval_verifiers = ml_collections.ConfigDict(dict(
+      ns=(1, 2, 4, 8, 16, 32, 64), num_draws=200, seed=0, batch_size=64, calibration_bins=10))
 
   if variant == 'large':
     c.train.update(dict(learning_rate=1e-3))
@@ -49,6 +51,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.train.max_len = 96
     c.sample.update(dict(num_samples=4, max_new_tokens=64, problems_per_batch=8))
     c.calibrate.update(dict(ks=(1, 2, 4), error_sample=20))
+    c.eval_verifiers.update(dict(ns=(1, 2, 4), num_draws=20))
   elif variant == 'gpu':
     c.task.update(dict(train_size=200_000))
     c.train.update(dict(steps=20_000, batch_size=256))
