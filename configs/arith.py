@@ -37,8 +37,17 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       split='test', num_samples=64, temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=256,
       problems_per_batch=16, max_problems=0))
   c.calibrate = ml_collections.ConfigDict(dict(ks=(1, 4, 16, 64), num_bins=5, error_sample=300))
+  # PRM labels: K samples per problem, M rollouts per step prefix (stage prm_data).
+  c.prm_data = ml_collections.ConfigDict(dict(
+      train_problems=64, validation_problems=16, num_samples=16, num_rollouts=16,
+      temperature=1.0, max_new_tokens=256, problems_per_shard=4, prefixes_per_call=16))
+  # PRM and ORM value-head training (stages train_prm, train_orm), from the base model.
+  c.train_prm = trainer.default_config()
+  c.train_prm.update(dict(steps=300, batch_size=32, learning_rate=3e-4, warmup_steps=30,
+                          log_every=50, checkpoint_every=100))
+  c.train_prm.max_len = 320
   c.eval_verifiers = ml_collections.ConfigDict(dict(
-      ns=(1, 2, 4, 8, 16, 32, 64), num_draws=200, seed=0, batch_size=64, calibration_bins=10))
+      ns=(1, 2, 4, 8, 16, 32, 64), num_draws=200, seed=0, batch_tokens=8192, calibration_bins=10))
 
   if variant == 'large':
     c.train.update(dict(learning_rate=1e-3))
@@ -46,11 +55,18 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.task.update(dict(train_size=400, validation_size=20, test_size=20, num_ops_max=4))
     c.models.base.update(dict(embed_dim=32, hidden_dim=64, num_heads=2, head_dim=16,
                               num_layers=2))
-    c.train.update(dict(steps=20, batch_size=16, warmup_steps=2, log_every=5,
+    # 300 steps (1 s): the shortest run whose samples carry answer lines for prm_data to keep.
+    c.train.update(dict(steps=300, batch_size=16, warmup_steps=2, log_every=50,
                         checkpoint_every=10))
     c.train.max_len = 96
     c.sample.update(dict(num_samples=4, max_new_tokens=64, problems_per_batch=8))
     c.calibrate.update(dict(ks=(1, 2, 4), error_sample=20))
+    c.prm_data.update(dict(train_problems=8, validation_problems=4, num_samples=4,
+                           num_rollouts=4, max_new_tokens=64, problems_per_shard=4,
+                           prefixes_per_call=4))
+    c.train_prm.update(dict(steps=10, batch_size=8, warmup_steps=2, log_every=5,
+                            checkpoint_every=5))
+    c.train_prm.max_len = 96
     c.eval_verifiers.update(dict(ns=(1, 2, 4), num_draws=20))
   elif variant == 'gpu':
     c.task.update(dict(train_size=200_000))

@@ -10,7 +10,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from ttc_jax import workdir as wd
-from ttc_jax.pipeline import calibrate, data, sample, tokenizer, train_base
+from ttc_jax.pipeline import calibrate, data, prm_data, sample, tokenizer, train_base, train_prm
 from ttc_jax.sampling import demo
 
 STAGES = {
@@ -19,10 +19,14 @@ STAGES = {
     'train_base': train_base.run,
     'sample': sample.run,
     'calibrate': calibrate.run,
+    'prm_data': prm_data.run,
+    'train_prm': train_prm.run_prm,
+    'train_orm': train_prm.run_orm,
     'demo': demo.run,
 }
 # `all` runs these in order.
-PIPELINE = ('data', 'tokenizer', 'train_base', 'sample', 'calibrate')
+PIPELINE = ('data', 'tokenizer', 'train_base', 'sample', 'calibrate', 'prm_data', 'train_prm',
+            'train_orm')
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'ml_collections config file.')
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory holding every artifact.')

@@ -6,7 +6,7 @@ uninterrupted run would have seen.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import flax
 import jax
@@ -38,12 +38,16 @@ class Examples:
 
 
 def pack(prompts: Sequence[Sequence[int]], completions: Sequence[Sequence[int]],
-         max_len: int, train_prompt: bool = False) -> Examples:
+         max_len: int, train_prompt: bool = False,
+         values: Sequence[Mapping[int, float]] | None = None) -> Examples:
   """Concatenates prompt + completion per row. The loss covers the completion (and prompt if
-  train_prompt); rows longer than max_len are an error, not silently truncated."""
+  train_prompt); rows longer than max_len are an error, not silently truncated. `values` (one
+  {completion index: soft label} per row) sets value targets for value-head objectives."""
   n = len(prompts)
   tokens = np.full((n, max_len), PAD_ID, np.int32)
   mask = np.zeros((n, max_len), np.float32)
+  value_targets = None if values is None else np.zeros((n, max_len), np.float32)
+  value_mask = None if values is None else np.zeros((n, max_len), np.float32)
   for i, (p, c) in enumerate(zip(prompts, completions)):
     seq = list(p) + list(c)
     if len(seq) > max_len:
@@ -52,7 +56,14 @@ def pack(prompts: Sequence[Sequence[int]], completions: Sequence[Sequence[int]],
     tokens[i, :len(seq)] = seq
     start = 1 if train_prompt else len(p)
     mask[i, start:len(seq)] = 1.0
-  return Examples(tokens=tokens, loss_mask=mask)
+    for index, target in (values[i] if values is not None else {}).items():
+      if not 0 <= index < len(c):
+        raise ValueError(f'example {i}: value target at completion index {index} outside its '
+                         f'{len(c)} tokens')
+      value_targets[i, len(p) + index] = target
+      value_mask[i, len(p) + index] = 1.0
+  return Examples(tokens=tokens, loss_mask=mask, value_targets=value_targets,
+                  value_mask=value_mask)
 
 
 def _epoch_batches(lengths: np.ndarray, batch_size: int, seed: int, epoch: int) -> np.ndarray:

@@ -1,0 +1,126 @@
+"""Stages `train_prm` and `train_orm`: a value head on the proposer's backbone, from prm_data labels.
+
+Both start from the trained proposer (config.model_name) plus a fresh head and train with BCE,
+AdamW, through the one trainer (config.train_prm). The PRM's targets are the soft Monte-Carlo
+labels at every step end (`steps.step_ends`); the ORM's is the solution's correctness at its last
+step end only. Checkpoints go to models/prm and models/orm (models/prm_<model> for another
+proposer); info.json, written when done, holds the final training metrics and the held-out
+(validation labels) BCE and Brier score. Read a finished one with `load_verifier`.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+
+import jax
+import ml_collections
+import numpy as np
+from absl import logging
+
+from ttc_jax import workdir as wd
+from ttc_jax.model.config import TransformerConfig
+from ttc_jax.pipeline import common, prm_data, train_base
+from ttc_jax.training import data, objectives, trainer
+
+KINDS = ('prm', 'orm')
+
+
+def verifier_name(config: ml_collections.ConfigDict, kind: str) -> str:
+  if kind not in KINDS:
+    raise ValueError(f'unknown verifier kind {kind!r}; expected one of {KINDS}')
+  return kind if config.model_name == 'base' else f'{kind}_{config.model_name}'
+
+
+def targets(labels: prm_data.StepLabels, kind: str) -> dict[int, float]:
+  """{completion index: target}: every step end's soft label (prm), or correctness at the last."""
+  if kind == 'prm':
+    return dict(zip(labels.step_ends, labels.labels))
+  return {labels.step_ends[-1]: float(labels.correct)}
+
+
+def examples(labels: list[prm_data.StepLabels], kind: str, max_len: int) -> data.Examples:
+  return data.pack([l.prompt_ids for l in labels], [l.completion_ids for l in labels], max_len,
+                   values=[targets(l, kind) for l in labels])
+
+
+@functools.partial(jax.jit, static_argnames=('config',))
+def _probabilities(params, tokens_BxT, *, config: TransformerConfig):
+  return jax.nn.sigmoid(objectives.value_logits(config, params, tokens_BxT))
+
+
+def heldout_metrics(model: TransformerConfig, params, labels: list[prm_data.StepLabels],
+                    max_len: int, batch_size: int = 64) -> dict[str, float]:
+  """Brier score and BCE of the head's probabilities against the MC labels at every step end
+  (`step_*`) and against correctness at the last step end (`final_*`)."""
+  out = {}
+  for kind, prefix in (('prm', 'step'), ('orm', 'final')):
+    ex = examples(labels, kind, max_len)
+    probs = np.concatenate([
+        np.asarray(_probabilities(params, ex.tokens[i:i + batch_size], config=model))
+        for i in range(0, ex.size, batch_size)])
+    m = ex.value_mask > 0
+    p, y = np.clip(probs[m], 1e-6, 1 - 1e-6), ex.value_targets[m]
+    out[f'{prefix}_brier'] = float(np.mean((p - y) ** 2))
+    out[f'{prefix}_bce'] = float(np.mean(-(y * np.log(p) + (1 - y) * np.log(1 - p))))
+    out[f'{prefix}_count'] = int(m.sum())
+  return out
+
+
+def train(config: ml_collections.ConfigDict, workdir: str, kind: str,
+          stop_after: int | None = None) -> None:
+  """Trains the `kind` verifier (resuming its checkpoints); writes info.json when finished."""
+  name, stage = verifier_name(config, kind), f'train_{kind}'
+  info_path = common.model_info_path(workdir, name)
+  if os.path.exists(info_path):
+    logging.info('%s: %s exists, skipping', stage, info_path)
+    return
+  train_labels = prm_data.load_labels(config, workdir, 'train', stage)
+  if not train_labels:
+    raise ValueError(f'stage {stage}: prm_data kept no solution with a parseable answer (the '
+                     f'proposer {config.model_name} writes none); train it longer')
+  model, backbone = train_base.load_model(config, workdir, config.model_name, stage)
+  cfg = config.train_prm
+  objective = objectives.ValueRegression(model)
+  ex = examples(train_labels, kind, cfg.max_len)
+  logging.info('%s: %d solutions, %d targets, %d steps of %d', stage, ex.size,
+               int(ex.value_mask.sum()), cfg.steps, cfg.batch_size)
+  init = objective.init(jax.random.key(cfg.seed), backbone=backbone)
+  directory = common.model_dir(workdir, name)
+  params = trainer.train(objective, ex, cfg, directory, stage, init_params=init,
+                         stop_after=stop_after)
+  if stop_after is not None and stop_after < cfg.steps:
+    return
+  with open(os.path.join(directory, 'metrics.jsonl')) as f:
+    final = json.loads(f.read().splitlines()[-1])
+  valid = prm_data.load_labels(config, workdir, 'validation', stage)
+  info = {'kind': kind, 'proposer': config.model_name, 'steps': cfg.steps,
+          'train_solutions': ex.size, 'train_targets': int(ex.value_mask.sum()),
+          'final_train_metrics': final, 'validation_solutions': len(valid),
+          'validation': heldout_metrics(model, params, valid, cfg.max_len) if valid else {}}
+  wd.atomic_write_json(info_path, info)
+  logging.info('%s: done: %s', stage, json.dumps(info['validation']))
+
+
+def run_prm(config: ml_collections.ConfigDict, workdir: str) -> None:
+  train(config, workdir, 'prm')
+
+
+def run_orm(config: ml_collections.ConfigDict, workdir: str) -> None:
+  train(config, workdir, 'orm')
+
+
+def load_verifier(config: ml_collections.ConfigDict, workdir: str, kind: str,
+                  stage: str) -> tuple[TransformerConfig, dict]:
+  """(model config, {'transformer', 'value_head'} params) of a finished train_prm / train_orm.
+
+  Score with `objectives.value_logits(model, params, tokens)` (sigmoid -> probability).
+  """
+  name = verifier_name(config, kind)
+  common.require(common.model_info_path(workdir, name), stage, f'train_{kind}')
+  tok = common.load_tokenizer(workdir, stage)
+  model = common.model_config(config, config.model_name, tok.vocab_size)
+  params = trainer.load_params(common.model_dir(workdir, name),
+                               objectives.ValueRegression(model), config.train_prm)
+  return model, params
