@@ -10,7 +10,8 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from ttc_jax import workdir as wd
-from ttc_jax.pipeline import calibrate, data, prm_data, sample, tokenizer, train_base, train_prm
+from ttc_jax.pipeline import (calibrate, data, eval_verifiers, prm_data, sample, tokenizer,
+                              train_base, train_prm)
 from ttc_jax.sampling import demo
 
 STAGES = {
@@ -22,6 +23,7 @@ STAGES = {
     'prm_data': prm_data.run,
     'train_prm': train_prm.run_prm,
     'train_orm': train_prm.run_orm,
+    'eval_verifiers': eval_verifiers.run,
     'demo': demo.run,
 }
 # `all` runs these in order.

@@ -4,7 +4,8 @@ With causal attention and right padding, the value at a step's closing token see
 prefix up to it, so one pass over prompt+completion equals scoring each step prefix separately
 (`Scorer.score_per_prefix`, the reference and what re-scoring implementations do) at a fraction
 of the cost. Rows are sorted by length, batched, and padded to static (batch, length) buckets so
-the jitted forward compiles once per bucket pair.
+the jitted forward compiles once per bucket pair; short rows go in bigger batches (a token budget
+per pass), so padding stays small whatever the length mix.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Sequence
 
 import jax
 import numpy as np
+import scipy.special
 
 from ttc_jax.model.config import TransformerConfig
 from ttc_jax.model.transformer import PAD_ID
@@ -34,7 +36,7 @@ def _logits(params, tokens_BxT: jax.Array, *, config: TransformerConfig) -> jax.
 
 
 def sigmoid(x: np.ndarray) -> np.ndarray:
-  return 0.5 * (1.0 + np.tanh(0.5 * np.asarray(x, np.float64)))  # exact, no overflow warning
+  return scipy.special.expit(np.asarray(x, np.float64))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,12 +49,12 @@ class Scorer:
   config: TransformerConfig
   delimiter_id: int
   eos_id: int = 1
-  batch_size: int = 64
+  batch_tokens: int = 8192  # padded rows x length per forward pass (rows: a power of two)
   buckets: tuple[int, ...] = SCORE_BUCKETS
 
   def __post_init__(self):
-    if self.batch_size < 1:
-      raise ValueError(f'batch_size={self.batch_size}; expected >= 1')
+    if self.batch_tokens < 1:
+      raise ValueError(f'batch_tokens={self.batch_tokens}; expected >= 1')
 
   def step_logits(self, params, prompts: Sequence[Sequence[int]],
                   completions: Sequence[Sequence[int]]) -> list[np.ndarray]:
@@ -105,15 +107,31 @@ class Scorer:
     """Value logits of `rows` at positions `reads`, batched by similar length."""
     out: list[np.ndarray] = [np.zeros((0,), np.float32)] * len(rows)
     order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
-    batch_buckets = tuple(2 ** k for k in range(self.batch_size.bit_length())) + (
-        self.batch_size,)
-    for start in range(0, len(order), self.batch_size):
-      chunk = order[start:start + self.batch_size]
-      t = bucket_length(max(len(rows[i]) for i in chunk), self.buckets)
-      tokens = np.full((bucket_length(len(chunk), batch_buckets), t), PAD_ID, np.int32)
+    for chunk in self._batches([len(rows[i]) for i in order]):
+      chunk = [order[k] for k in chunk]
+      t = bucket_length(len(rows[chunk[-1]]), self.buckets)
+      tokens = np.full((_pow2_at_least(len(chunk)), t), PAD_ID, np.int32)
       for j, i in enumerate(chunk):
         tokens[j, :len(rows[i])] = rows[i]
       logits = np.asarray(_logits(params, tokens, config=self.config))
       for j, i in enumerate(chunk):
         out[i] = logits[j, reads[i]].astype(np.float32)
     return out
+
+  def _batches(self, sorted_lengths: list[int]) -> list[range]:
+    """Consecutive runs of rows whose padded [rows, length] block fits batch_tokens."""
+    out, start = [], 0
+    while start < len(sorted_lengths):
+      end = start + 1
+      while end < len(sorted_lengths):
+        t = bucket_length(sorted_lengths[end], self.buckets)
+        if _pow2_at_least(end + 1 - start) * t > max(self.batch_tokens, t):
+          break
+        end += 1
+      out.append(range(start, end))
+      start = end
+    return out
+
+
+def _pow2_at_least(n: int) -> int:
+  return 1 << (n - 1).bit_length()

@@ -1,0 +1,174 @@
+"""Verifier scoring, aggregation, selection and evaluation: hand-made selection cases, one-pass
+scoring equal to per-prefix re-scoring, subsampled accuracy equal to its exact expectation."""
+
+import itertools
+
+import jax
+import numpy as np
+import pytest
+
+from ttc_jax.model import config as cfg_lib
+from ttc_jax.pipeline import calibrate
+from ttc_jax.training.objectives import ValueRegression
+from ttc_jax.verifiers import evaluation, selection
+from ttc_jax.verifiers.evaluation import Method
+from ttc_jax.verifiers.scoring import Scorer
+from ttc_jax.verifiers.selection import aggregate, select
+from ttc_jax.verifiers.steps import step_ends
+
+
+def test_aggregation():
+  s = [0.9, 0.2, 0.7]
+  assert aggregate(s) == aggregate(s, 'last') == 0.7
+  assert aggregate(s, 'min') == 0.2
+  assert aggregate(s, 'prod') == pytest.approx(0.126)
+  assert aggregate([0.4], 'prod') == 0.4
+  rows = [np.array(s), np.array([0.5]), np.array([0.3, 0.8])]
+  padded, mask = selection.pad_steps(rows)
+  assert padded.shape == (3, 3) and mask.sum() == 6
+  for how in selection.AGGREGATIONS:
+    np.testing.assert_allclose(selection.aggregate_padded(padded, mask, how),
+                               [aggregate(r, how) for r in rows])
+  with pytest.raises(ValueError, match="unknown aggregation 'mean'"):
+    aggregate(s, 'mean')
+  with pytest.raises(ValueError, match='non-empty'):
+    aggregate([], 'last')
+
+
+def test_select_hand_made_cases():
+  methods = selection.METHODS
+  # One answer.
+  assert all(select(['5'], [0.1], m) == '5' for m in methods)
+  # All answers distinct: majority is a 1-1-1 tie (first wins); scores decide the others.
+  assert select(['a', 'b', 'c'], [0.2, 0.9, 0.5], 'majority') == 'a'
+  assert select(['a', 'b', 'c'], [0.2, 0.9, 0.5], 'best_of_n') == 'b'
+  assert select(['a', 'b', 'c'], [0.2, 0.9, 0.5], 'weighted') == 'b'
+  # Frequency vs score: many weak votes, one strong.
+  answers, scores = ['1', '1', '1', '2'], [0.3, 0.3, 0.3, 0.8]
+  assert select(answers, None, 'majority') == '1'
+  assert select(answers, scores, 'best_of_n') == '2'
+  assert select(answers, scores, 'weighted') == '1'  # 0.9 > 0.8
+  assert select(answers, [0.2, 0.2, 0.2, 0.8], 'weighted') == '2'  # 0.6 < 0.8
+  # Ties: the answer whose first candidate comes first; in best_of_n the first top candidate.
+  assert select(['3', '4', '4', '3'], None, 'majority') == '3'
+  assert select(['4', '3', '3', '4'], None, 'majority') == '4'
+  assert select(['a', 'b', 'b'], [0.5, 0.25, 0.25], 'weighted') == 'a'
+  assert select(['b', 'b', 'a'], [0.25, 0.25, 0.5], 'weighted') == 'b'
+  assert select(['x', 'y'], [0.5, 0.5], 'best_of_n') == 'x'
+  # Invalid answers never win, however many or however well scored...
+  assert all(select([None, None, '7'], [0.9, 0.9, 0.1], m) == '7' for m in methods)
+  assert select([None, '7', None, '8', '8'], [1.0, 0.0, 1.0, 0.0, 0.0], 'weighted') == '7'
+  # ... unless all are invalid.
+  assert all(select([None, None], [0.9, 0.1], m) is None for m in methods)
+
+
+def test_select_bad_input():
+  with pytest.raises(ValueError, match="method 'weighted' needs scores"):
+    select(['1'], None, 'weighted')
+  with pytest.raises(ValueError, match="unknown selection method 'vote'"):
+    select(['1'], [0.5], 'vote')
+  with pytest.raises(ValueError, match='one per answer'):
+    select(['1', '2'], [0.5], 'best_of_n')
+  with pytest.raises(ValueError, match='at least one answer'):
+    select([], [], 'majority')
+  with pytest.raises(ValueError, match='finite'):
+    select(['1', '2'], [0.5, float('nan')], 'weighted')
+
+
+def test_vectorized_selection_equals_library():
+  rng = np.random.default_rng(0)
+  for _ in range(300):
+    n = int(rng.integers(1, 9))
+    answers = [None if v < 0 else str(v) for v in rng.integers(-1, 4, n)]
+    scores = rng.integers(0, 5, n) / 4  # exact sums: ties are real ties
+    ids = selection.answer_ids(answers)
+    for method in selection.METHODS:
+      i = selection.select_index(ids[None], scores[None], method)[0]
+      assert (None if i < 0 else answers[i]) == select(answers, scores, method)
+
+
+@pytest.mark.parametrize('name,batch_tokens,buckets', [
+    ('tiny_gemma1', 4096, (128,)), ('tiny_gemma2', 4096, (128,)),
+    ('tiny_gemma3', 512, (32, 64, 128))])  # the last: several batch and length buckets
+def test_one_pass_scoring_equals_per_prefix_reference(name, batch_tokens, buckets):
+  config = cfg_lib.get_config(name)
+  params = ValueRegression(config).init(jax.random.key(0))
+  # A larger head spreads the logits, so a mismatch could not hide in a saturated sigmoid.
+  params['value_head'] = jax.tree.map(lambda x: 20 * x, params['value_head'])
+  rng = np.random.default_rng(1)
+  delim, eos = 4, 1
+  prompts, comps = [], []
+  for length in (1, 3, 17, 40, 70, 9, 25):
+    prompts.append(rng.integers(5, config.vocab_size, rng.integers(1, 20)).tolist())
+    c = rng.integers(5, config.vocab_size, length).tolist()
+    for k in rng.integers(0, length, length // 6):
+      c[k] = delim
+    comps.append(c + ([eos] if length % 2 else []))  # some unfinished (no EOS)
+  scorer = Scorer(config, delimiter_id=delim, eos_id=eos, batch_tokens=batch_tokens,
+                  buckets=buckets)
+  one = scorer.step_logits(params, prompts, comps)
+  ref = scorer.step_logits_per_prefix(params, prompts, comps)
+  assert [len(x) for x in one] == [len(x) for x in ref] == [
+      len(step_ends(c, delim, eos)) for c in comps]
+  assert np.concatenate(one).std() > 1.0
+  for a, b in zip(one, ref):
+    np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5)
+  for p, x in zip(scorer.score(params, prompts, comps), one):
+    np.testing.assert_allclose(p, 1 / (1 + np.exp(-x.astype(np.float64))), rtol=1e-6)
+
+
+def test_scorer_bad_input():
+  config = cfg_lib.get_config('tiny_gemma3')
+  params = ValueRegression(config).init(jax.random.key(0))
+  scorer = Scorer(config, delimiter_id=4)
+  with pytest.raises(ValueError, match='expected \\[transformer, value_head\\]'):
+    scorer.score(params['transformer'], [[2]], [[5]])
+  with pytest.raises(ValueError, match='1 prompts but 2 completions'):
+    scorer.score(params, [[2]], [[5], [6]])
+  with pytest.raises(ValueError, match='token id 256 out of range'):
+    scorer.score(params, [[2]], [[256]])
+  with pytest.raises(ValueError, match='non-empty prompt'):
+    scorer.score(params, [[]], [[5]])
+
+
+def _exact_accuracy(method: Method, answers, correct, scores, n: int) -> float:
+  """Expectation over every ordered n-subset of the pool (what draws estimate)."""
+  hits = []
+  for perm in itertools.permutations(range(len(answers)), n):
+    pick = select([answers[i] for i in perm],
+                  None if method.score is None else [scores[method.score][i] for i in perm],
+                  method.selection)
+    first = next((i for i in perm if answers[i] == pick), None)
+    hits.append(pick is not None and correct[first])
+  return float(np.mean(hits))
+
+
+def test_subsampled_accuracy_matches_exact_expectation():
+  answers = ['1', '2', '2', None, '1']
+  correct = np.array([[True, False, False, False, True]])
+  scores = {'prm/last': np.array([[0.9, 0.5, 0.3, 1.0, 0.1]])}
+  ids = selection.answer_ids(answers)[None]
+  rng = np.random.default_rng(0)
+  for n in (1, 2, 3, 5):
+    subsets = evaluation.draw_subsets(rng, 1, 5, n, 20_000)
+    for method in (Method('majority', 'majority'), Method('bon', 'best_of_n', 'prm/last'),
+                   Method('weighted', 'weighted', 'prm/last')):
+      got = evaluation.method_accuracy(method, ids, correct, scores, subsets)[0]
+      exact = _exact_accuracy(method, answers, correct[0],
+                              {k: v[0] for k, v in scores.items()}, n)
+      assert got == pytest.approx(exact, abs=0.015), (method.name, n)
+    oracle = evaluation.oracle_accuracy(correct, subsets)[0]
+    assert oracle == pytest.approx(calibrate.pass_at_k(5, 2, n), abs=0.015)
+  with pytest.raises(ValueError, match='budget N=6 with a pool of 5'):
+    evaluation.draw_subsets(rng, 1, 5, 6, 10)
+
+
+def test_reliability():
+  pred = np.array([0.05, 0.15, 0.95, 0.9, 0.5])
+  labels = np.array([0.0, 0.25, 1.0, 0.75, 0.5])
+  out = evaluation.reliability(pred, labels, 10)
+  assert out['brier'] == pytest.approx(np.mean((pred - labels) ** 2))
+  assert [b['count'] for b in out['bins']] == [1, 1, 0, 0, 0, 1, 0, 0, 0, 2]
+  assert out['bins'][9]['mean_label'] == pytest.approx(0.875)
+  with pytest.raises(ValueError, match='expected equal'):
+    evaluation.reliability(pred, labels[:2], 10)

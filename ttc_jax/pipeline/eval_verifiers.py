@@ -1,0 +1,252 @@
+"""Stage `eval_verifiers`: accuracy vs N of majority, PRM/ORM best-of-N and weighted best-of-N.
+
+Every pooled sample of the sample split is scored once by the PRM and the ORM (one forward pass
+per sample, all step ends); the step scores are cached per sample shard under
+verifier_scores/<model>/<split>/<prm|orm>/ (atomic; a rerun skips them, a kill loses at most one
+shard). Then, for each N and difficulty bin, every method's accuracy is averaged over many random
+draws of N samples from the pool (the same draws for all methods). Writes verifiers.json and
+verifiers.png (accuracy vs N, overall and per bin), plus the PRM's calibration on held-out
+Monte-Carlo step labels (prm_reliability.png).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import time
+from typing import Callable
+
+import matplotlib
+import ml_collections
+import numpy as np
+from absl import logging
+
+from ttc_jax import workdir as wd
+from ttc_jax.pipeline import calibrate, common, prm_data, sample, train_prm
+from ttc_jax.tasks import arith
+from ttc_jax.verifiers import evaluation, scoring, selection
+from ttc_jax.verifiers.evaluation import Method
+
+matplotlib.use('Agg')
+import matplotlib.pyplot as plt  # noqa: E402
+
+STAGE = 'eval_verifiers'
+KINDS = ('prm', 'orm')
+METHODS = (
+    Method('majority', 'majority'),
+    *(Method(f'prm_bon_{a}', 'best_of_n', f'prm/{a}') for a in selection.AGGREGATIONS),
+    *(Method(f'prm_weighted_{a}', 'weighted', f'prm/{a}') for a in selection.AGGREGATIONS),
+    Method('orm_bon', 'best_of_n', 'orm/last'),
+    Method('orm_weighted', 'weighted', 'orm/last'),
+)
+
+
+def scores_dir(config: ml_collections.ConfigDict, workdir: str, kind: str) -> str:
+  return os.path.join(workdir, 'verifier_scores', config.model_name, config.sample.split, kind)
+
+
+def _write_npz(path: str, **arrays: np.ndarray) -> None:
+  buf = io.BytesIO()
+  np.savez(buf, **arrays)
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  tmp = f'{path}.tmp-{os.getpid()}'
+  with open(tmp, 'wb') as f:
+    f.write(buf.getvalue())
+  os.replace(tmp, path)
+
+
+def _read_npz(path: str, ids: list[str]) -> list[np.ndarray] | None:
+  """Cached flat step scores of one shard, or None if absent or made for other samples."""
+  if not os.path.exists(path):
+    return None
+  with np.load(path) as z:
+    if z['ids'].tolist() != ids:
+      logging.warning('%s: %s holds other samples; rescoring', STAGE, path)
+      return None
+    steps, offsets = z['steps'], z['offsets']
+  return [steps[a:b] for a, b in zip(offsets[:-1], offsets[1:])]
+
+
+def score_samples(config: ml_collections.ConfigDict, workdir: str, kind: str, recs: list[dict],
+                  prompts: dict[str, list[int]], tok,
+                  verifier: Callable[[str], tuple[scoring.Scorer, dict]]
+                  ) -> list[list[np.ndarray]]:
+  """Per record, per sample: the verifier's score at each step end (cached per shard)."""
+  per_shard = config.sample.problems_per_batch
+  directory = scores_dir(config, workdir, kind)
+  out: list[list[np.ndarray]] = []
+  total = sample.num_shards(len(recs), per_shard)
+  t0, done = time.perf_counter(), 0
+  for shard in range(total):
+    chunk = recs[shard * per_shard:(shard + 1) * per_shard]
+    path = os.path.join(directory, f'shard_{shard:05d}.npz')
+    ids = [r['id'] for r in chunk]
+    flat = _read_npz(path, ids)
+    if flat is None:
+      scorer, params = verifier(kind)
+      # The jsonl holds decoded text: re-encode it, EOS appended (a sample cut off at
+      # max_new_tokens had none, but it rarely has an answer line, so it is rarely selectable).
+      comps = [tok.encode(t, add_eos=True) for r in chunk for t in r['completions']]
+      rows = [prompts[r['id']] for r in chunk for _ in r['completions']]
+      flat = scorer.score(params, rows, comps)
+      offsets = np.cumsum([0] + [len(x) for x in flat])
+      _write_npz(path, ids=np.array(ids), offsets=offsets,
+                 steps=np.concatenate(flat).astype(np.float32))
+      done += len(flat)
+      logging.info('%s[%s]: shard %d/%d, %.1f candidates/s', STAGE, kind, shard + 1, total,
+                   done / (time.perf_counter() - t0))
+    k = len(chunk[0]['completions'])
+    out.extend(flat[i * k:(i + 1) * k] for i in range(len(chunk)))
+  return out
+
+
+def prm_calibration(config: ml_collections.ConfigDict, workdir: str,
+                    verifier: Callable[[str], tuple[scoring.Scorer, dict]]) -> dict | None:
+  """The PRM's step scores against the held-out Monte-Carlo labels of prm_data's validation split
+  (solutions to task validation problems, never trained on): Brier score, ECE, reliability bins."""
+  labels = prm_data.load_labels(config, workdir, 'validation', STAGE)
+  if not labels:
+    logging.warning('%s: prm_data has no validation labels; no PRM calibration', STAGE)
+    return None
+  scorer, params = verifier('prm')
+  scores = scorer.score(params, [s.prompt_ids for s in labels],
+                        [s.completion_ids for s in labels])
+  for s, x in zip(labels, scores):
+    if len(x) != len(s.labels):
+      raise ValueError(f'prm_data solution {s.problem_id}/{s.sample_index} has {len(s.labels)} '
+                       f'labels but {len(x)} step ends; expected equal (relabel with prm_data)')
+  out = evaluation.reliability(np.concatenate(scores), np.concatenate(
+      [s.labels for s in labels]), config.eval_verifiers.calibration_bins)
+  out.update(labels='prm_data validation split', num_solutions=len(labels))
+  logging.info('%s: PRM on %d held-out step labels: Brier %.4f (constant predictor %.4f), '
+               'ECE %.4f', STAGE, out['num_steps'], out['brier'], out['brier_constant'],
+               out['ece'])
+  return out
+
+
+def candidate_scores(step_scores: list[list[np.ndarray]]) -> dict[str, np.ndarray]:
+  """{aggregation: [P, K]} from per-record, per-sample step scores."""
+  out = {}
+  for how in selection.AGGREGATIONS:
+    out[how] = np.stack([selection.aggregate_padded(*selection.pad_steps(r), how)
+                         for r in step_scores])
+  return out
+
+
+def accuracy_table(answer_ids: np.ndarray, correct: np.ndarray, scores: dict[str, np.ndarray],
+                   bins: np.ndarray, ns: tuple[int, ...], draws: int, seed: int) -> dict:
+  """{'overall'|bin: {method: {'accuracy': [per N], 'stderr': [per N]}}} over subsampled draws."""
+  groups = {'overall': np.ones(len(bins), bool)}
+  groups.update({str(b): bins == b for b in sorted(set(bins.tolist()))})
+  table = {g: {'num_problems': int(m.sum()), 'methods': {}} for g, m in groups.items()}
+  rng = np.random.default_rng(seed)
+  pool = correct.shape[1]
+  for n in ns:
+    subsets = evaluation.draw_subsets(rng, len(bins), pool, n, draws)
+    per_problem = {m.name: evaluation.method_accuracy(m, answer_ids, correct, scores, subsets)
+                   for m in METHODS}
+    per_problem['oracle'] = evaluation.oracle_accuracy(correct, subsets)
+    per_problem['pass@N'] = np.array([calibrate.pass_at_k(pool, int(c), n)
+                                      for c in correct.sum(1)])
+    for g, m in groups.items():
+      for name, acc in per_problem.items():
+        row = table[g]['methods'].setdefault(name, {'accuracy': [], 'stderr': []})
+        row['accuracy'].append(float(acc[m].mean()))
+        row['stderr'].append(float(acc[m].std() / np.sqrt(max(m.sum(), 1))))
+    overall = table['overall']['methods']
+    logging.info('%s: N=%d overall %s', STAGE, n, ' '.join(
+        f'{k}={overall[k]["accuracy"][-1]:.3f}'
+        for k in ('majority', 'prm_weighted_last', 'orm_weighted', 'pass@N')))
+  return table
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> None:
+  c = config.eval_verifiers
+  out_path = os.path.join(workdir, 'verifiers.json')
+  if os.path.exists(out_path):
+    logging.info('%s: %s exists, skipping', STAGE, out_path)
+    return
+  recs = sample.load_samples(config, workdir, STAGE)
+  pool = len(recs[0]['completions'])
+  ns = tuple(int(n) for n in c.ns if n <= pool)
+  if not ns:
+    raise ValueError(f'eval_verifiers.ns={tuple(c.ns)} has no N <= the pool of {pool} samples')
+  tok = common.load_tokenizer(workdir, STAGE)
+  problems = common.load_problems(config, workdir, config.sample.split, STAGE)
+  prompts = {p.id: common.encode_example(tok, p)[0] for p in problems}
+  loaded: dict[str, tuple[scoring.Scorer, dict]] = {}
+
+  def verifier(kind: str) -> tuple[scoring.Scorer, dict]:
+    if kind not in loaded:
+      model, params = train_prm.load_verifier(config, workdir, kind, STAGE)
+      loaded[kind] = scoring.Scorer(model, delimiter_id=tok.id_of(arith.STEP_DELIMITER),
+                                    eos_id=tok.eos_id, batch_tokens=c.batch_tokens), params
+    return loaded[kind]
+
+  scores = {}
+  for kind in KINDS:
+    per_sample = score_samples(config, workdir, kind, recs, prompts, tok, verifier)
+    for how, arr in candidate_scores(per_sample).items():
+      scores[f'{kind}/{how}'] = arr
+  answer_ids = np.stack([selection.answer_ids([arith.extract_answer(t) for t in r['completions']])
+                         for r in recs])
+  correct = np.array([r['correct'] for r in recs], bool)
+  bins = calibrate.difficulty_bins(correct.mean(1), config.calibrate.num_bins)
+  table = accuracy_table(answer_ids, correct, scores, bins, ns, c.num_draws, c.seed)
+  result = {'model': config.model_name, 'split': config.sample.split, 'pool': pool,
+            'num_draws': c.num_draws, 'seed': c.seed, 'ns': list(ns),
+            'methods': {m.name: {'selection': m.selection, 'score': m.score} for m in METHODS},
+            'groups': table,
+            'prm_calibration': prm_calibration(config, workdir, verifier)}
+  _plot_accuracy(result, os.path.join(workdir, 'verifiers.png'))
+  if result['prm_calibration'] is not None:
+    _plot_reliability(result['prm_calibration'], os.path.join(workdir, 'prm_reliability.png'))
+  wd.atomic_write_json(out_path, result)
+  logging.info('%s: wrote %s', STAGE, out_path)
+
+
+PLOTTED = ('majority', 'prm_bon_last', 'prm_bon_min', 'prm_bon_prod', 'prm_weighted_last',
+           'orm_bon', 'orm_weighted', 'pass@N')
+
+
+def _save(fig, path: str) -> None:
+  tmp = path + '.tmp.png'
+  fig.savefig(tmp, dpi=110)
+  plt.close(fig)
+  os.replace(tmp, path)
+
+
+def _plot_accuracy(result: dict, path: str) -> None:
+  groups = result['groups']
+  fig, axes = plt.subplots(2, -(-len(groups) // 2), figsize=(13, 7), sharex=True)
+  for ax, (g, row) in zip(axes.ravel(), groups.items()):
+    for name in PLOTTED:
+      style = '--' if name == 'pass@N' else ('-' if name.startswith('prm') else ':')
+      ax.plot(result['ns'], row['methods'][name]['accuracy'], style, marker='o', ms=3,
+              label=name)
+    ax.set_xscale('log', base=2)
+    ax.set_title(f'{g if g == "overall" else "bin " + g} ({row["num_problems"]} problems)',
+                 fontsize=9)
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel('N (samples)')
+    ax.set_ylabel('accuracy')
+  for ax in axes.ravel()[len(groups):]:
+    ax.axis('off')
+  axes.ravel()[0].legend(fontsize=7)
+  fig.suptitle(f"{result['model']}: selection accuracy vs N "
+               f"({result['num_draws']} draws per point; bin 1 = easiest)")
+  fig.tight_layout()
+  _save(fig, path)
+
+
+def _plot_reliability(calib: dict, path: str) -> None:
+  fig, ax = plt.subplots(figsize=(4.5, 4))
+  used = [b for b in calib['bins'] if b['count']]
+  ax.plot([0, 1], [0, 1], ':', color='gray')
+  ax.plot([b['mean_predicted'] for b in used], [b['mean_label'] for b in used], marker='o')
+  ax.set_xlabel('PRM score (bin mean)')
+  ax.set_ylabel('Monte-Carlo label (bin mean)')
+  ax.set_title(f"PRM calibration: Brier {calib['brier']:.4f}, {calib['num_steps']} steps",
+               fontsize=9)
+  fig.tight_layout()
+  _save(fig, path)
