@@ -2,13 +2,17 @@
 scoring equal to per-prefix re-scoring, subsampled accuracy equal to its exact expectation."""
 
 import itertools
+import os
 
 import jax
 import numpy as np
 import pytest
 
+from configs.arith import get_config
 from ttc_jax.model import config as cfg_lib
-from ttc_jax.pipeline import calibrate
+from ttc_jax.pipeline import calibrate, common, eval_verifiers
+from ttc_jax.tasks import arith
+from ttc_jax.tokenizer import Tokenizer
 from ttc_jax.training.objectives import ValueRegression
 from ttc_jax.verifiers import evaluation, selection
 from ttc_jax.verifiers.evaluation import Method
@@ -172,3 +176,65 @@ def test_reliability():
   assert out['bins'][9]['mean_label'] == pytest.approx(0.875)
   with pytest.raises(ValueError, match='expected equal'):
     evaluation.reliability(pred, labels[:2], 10)
+
+
+def test_accuracy_table_with_a_perfect_and_a_useless_verifier():
+  rng = np.random.default_rng(0)
+  p, k = 12, 8
+  answer_ids = rng.integers(-1, 4, (p, k))
+  correct = (answer_ids == 0) & (rng.random((p, 1)) < 0.8)  # answer 0 right on most problems
+  perfect = correct.astype(np.float64)
+  scores = {f'{v}/{a}': perfect if v == 'prm' else np.full((p, k), 0.5)
+            for v in ('prm', 'orm') for a in selection.AGGREGATIONS}
+  bins = calibrate.difficulty_bins(correct.mean(1), 3)
+  table = eval_verifiers.accuracy_table(answer_ids, correct, scores, bins, (1, 4, 8), 500, 0)
+  assert set(table) == {'overall', '1', '2', '3'}
+  assert sum(table[b]['num_problems'] for b in '123') == p
+  for group in table.values():
+    m = group['methods']
+    assert set(m) == {x.name for x in eval_verifiers.METHODS} | {'oracle', 'pass@N'}
+    # A perfect verifier finds a correct sample whenever the draw has one: the oracle.
+    for name in ('prm_bon_last', 'prm_bon_min', 'prm_weighted_prod'):
+      np.testing.assert_allclose(m[name]['accuracy'], m['oracle']['accuracy'])
+    # Constant scores: weighted is majority, best-of-N takes the first valid sample (pass@1).
+    np.testing.assert_allclose(m['orm_weighted']['accuracy'], m['majority']['accuracy'])
+    assert m['orm_bon']['accuracy'][-1] == pytest.approx(m['pass@N']['accuracy'][0], abs=0.05)
+    np.testing.assert_allclose(m['oracle']['accuracy'], m['pass@N']['accuracy'], atol=0.05)
+
+
+@pytest.fixture(scope='module')
+def tok(tmp_path_factory):
+  problems = arith.generate(200, seed=0, num_ops_range=(1, 4))
+  return Tokenizer.train(arith.iter_texts(problems), tmp_path_factory.mktemp('tok') / 'a.model',
+                         32, arith.SPECIAL_SYMBOLS)
+
+
+def test_score_samples_cached_per_shard(tok, tmp_path):
+  config = get_config('tiny')
+  config.sample.problems_per_batch = 2
+  problems = arith.generate(3, seed=1, num_ops_range=(2, 4))
+  recs = [{'id': p.id, 'completions': [arith.format_solution(p.steps), '#### 7',
+                                       arith.format_solution(p.steps)]} for p in problems]
+  prompts = {p.id: common.encode_example(tok, p)[0] for p in problems}
+  model = common.model_config(config, 'base', tok.vocab_size)
+  scorer = Scorer(model, delimiter_id=tok.id_of('\n'), eos_id=tok.eos_id)
+  params = ValueRegression(model).init(jax.random.key(0))
+  calls = []
+  verifier = lambda kind: calls.append(kind) or (scorer, params)
+  first = eval_verifiers.score_samples(config, str(tmp_path), 'prm', recs, prompts, tok, verifier)
+  directory = eval_verifiers.scores_dir(config, str(tmp_path), 'prm')
+  assert sorted(os.listdir(directory)) == ['shard_00000.npz', 'shard_00001.npz']
+  comps = [tok.encode(t, add_eos=True) for r in recs for t in r['completions']]
+  direct = scorer.score(params, [prompts[r['id']] for r in recs for _ in r['completions']], comps)
+  got = [x for r in first for x in r]
+  assert [len(x) for x in got] == [len(step_ends(c, tok.id_of('\n'), tok.eos_id)) for c in comps]
+  for a, b in zip(got, direct):
+    np.testing.assert_allclose(a, b, rtol=1e-6)
+  calls.clear()
+  again = eval_verifiers.score_samples(config, str(tmp_path), 'prm', recs, prompts, tok, verifier)
+  assert not calls  # everything came from the cache
+  for a, b in zip([x for r in again for x in r], got):
+    np.testing.assert_array_equal(a, b)
+  recs[2]['id'] = recs[1]['id']  # other samples in shard 1: rescored, shard 0 reused
+  eval_verifiers.score_samples(config, str(tmp_path), 'prm', recs, prompts, tok, verifier)
+  assert calls == ['prm']

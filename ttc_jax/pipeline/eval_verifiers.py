@@ -84,16 +84,20 @@ def score_samples(config: ml_collections.ConfigDict, workdir: str, kind: str, re
     flat = _read_npz(path, ids)
     if flat is None:
       scorer, params = verifier(kind)
-      # The jsonl holds decoded text: re-encode it, EOS appended (a sample cut off at
-      # max_new_tokens had none, but it rarely has an answer line, so it is rarely selectable).
-      comps = [tok.encode(t, add_eos=True) for r in chunk for t in r['completions']]
-      rows = [prompts[r['id']] for r in chunk for _ in r['completions']]
-      flat = scorer.score(params, rows, comps)
+      # Equal samples of a problem (frequent on easy ones) are scored once. The jsonl holds
+      # decoded text: re-encode it, EOS appended (a sample cut off at max_new_tokens had none,
+      # but it rarely has an answer line, so it is rarely selectable).
+      keys = [(r['id'], t) for r in chunk for t in r['completions']]
+      unique = list(dict.fromkeys(keys))
+      scored = dict(zip(unique, scorer.score(params, [prompts[i] for i, _ in unique],
+                                             [tok.encode(t, add_eos=True) for _, t in unique])))
+      flat = [scored[k].astype(np.float32) for k in keys]  # as cached
       offsets = np.cumsum([0] + [len(x) for x in flat])
       _write_npz(path, ids=np.array(ids), offsets=offsets,
                  steps=np.concatenate(flat).astype(np.float32))
       done += len(flat)
-      logging.info('%s[%s]: shard %d/%d, %.1f candidates/s', STAGE, kind, shard + 1, total,
+      logging.info('%s[%s]: shard %d/%d (%d distinct of %d samples), %.1f samples/s', STAGE,
+                   kind, shard + 1, total, len(unique), len(keys),
                    done / (time.perf_counter() - t0))
     k = len(chunk[0]['completions'])
     out.extend(flat[i * k:(i + 1) * k] for i in range(len(chunk)))
