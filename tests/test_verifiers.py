@@ -2,6 +2,7 @@
 scoring equal to per-prefix re-scoring, subsampled accuracy equal to its exact expectation."""
 
 import itertools
+import json
 import os
 
 import jax
@@ -238,3 +239,60 @@ def test_score_samples_cached_per_shard(tok, tmp_path):
   recs[2]['id'] = recs[1]['id']  # other samples in shard 1: rescored, shard 0 reused
   eval_verifiers.score_samples(config, str(tmp_path), 'prm', recs, prompts, tok, verifier)
   assert calls == ['prm']
+
+
+def test_eval_verifiers_stage(tmp_path, monkeypatch):
+  """The stage's glue on the tiny config, with random-parameter verifiers standing in for the
+  trained ones (the trained chain runs in tests/test_launch.py): files, keys, skip on rerun."""
+  from ttc_jax import workdir as wd
+  from ttc_jax.pipeline import data, prm_data, sample, tokenizer, train_prm
+  config = get_config('tiny')
+  workdir = str(tmp_path)
+  data.run(config, workdir)
+  tokenizer.run(config, workdir)
+  tok = common.load_tokenizer(workdir, 'test')
+  problems = common.load_problems(config, workdir, 'test', 'test')
+  rng = np.random.default_rng(0)
+  directory = common.samples_dir(workdir, 'base', 'test')
+  per = config.sample.problems_per_batch
+  for shard in range(sample.num_shards(len(problems), per)):
+    lines = []
+    for p in problems[shard * per:(shard + 1) * per]:
+      texts = [arith.format_solution(p.steps[:-1] + (arith.answer_line(p.answer + d),))
+               for d in rng.integers(-1, 2, config.sample.num_samples)]
+      texts[-1] = texts[-1][:-2]  # an unfinished one, no answer
+      lines.append(json.dumps({'id': p.id, 'num_ops': p.num_ops, 'answer': p.answer,
+                               'completions': texts,
+                               'correct': [arith.grade(t, p.answer) for t in texts]}))
+    wd.atomic_write_text(sample.shard_path(directory, shard), '\n'.join(lines) + '\n')
+  model = common.model_config(config, 'base', tok.vocab_size)
+  loads = []
+
+  def fake_verifier(config_, workdir_, kind, stage):
+    loads.append(kind)
+    return model, ValueRegression(model).init(jax.random.key(len(kind)))
+
+  held_out = [prm_data.StepLabels(
+      problem_id=p.id, num_ops=p.num_ops, answer=p.answer, sample_index=0,
+      prompt_ids=common.encode_example(tok, p)[0], completion_ids=common.encode_example(tok, p)[1],
+      completion=arith.format_solution(p.steps), labels=[0.5] * len(p.steps), correct=True,
+      step_ends=step_ends(common.encode_example(tok, p)[1], tok.id_of('\n'), tok.eos_id))
+      for p in problems[:3]]
+  monkeypatch.setattr(train_prm, 'load_verifier', fake_verifier)
+  monkeypatch.setattr(prm_data, 'load_labels', lambda *a: held_out)
+  eval_verifiers.run(config, workdir)
+  result = wd.read_json(os.path.join(workdir, 'verifiers.json'))
+  assert sorted(loads) == ['orm', 'prm']
+  assert result['ns'] == [1, 2, 4] and result['pool'] == 4
+  assert set(result['groups']) == {'overall', '1', '2', '3', '4', '5'}
+  overall = result['groups']['overall']
+  assert overall['num_problems'] == 20
+  for name, row in overall['methods'].items():
+    assert len(row['accuracy']) == 3 and all(0 <= a <= 1 for a in row['accuracy']), name
+  calib = result['prm_calibration']
+  assert calib['num_steps'] == sum(len(s.labels) for s in held_out)
+  for png in ('verifiers.png', 'prm_reliability.png'):
+    assert os.path.getsize(os.path.join(workdir, png)) > 1000
+  before = os.stat(os.path.join(workdir, 'verifiers.json')).st_mtime_ns
+  eval_verifiers.run(config, workdir)
+  assert os.stat(os.path.join(workdir, 'verifiers.json')).st_mtime_ns == before

@@ -229,6 +229,7 @@ def _plot_accuracy(result: dict, path: str) -> None:
       ax.plot(result['ns'], row['methods'][name]['accuracy'], style, marker='o', ms=3,
               label=name)
     ax.set_xscale('log', base=2)
+    ax.set_xticks(result['ns'], [str(n) for n in result['ns']])
     ax.set_title(f'{g if g == "overall" else "bin " + g} ({row["num_problems"]} problems)',
                  fontsize=9)
     ax.set_ylim(0, 1.02)

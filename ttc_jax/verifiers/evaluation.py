@@ -1,4 +1,4 @@
-"""Accuracy of selection methods at budget N by repeated subsampling from a pool, and PRM calibration.
+"""Accuracy of selection methods at budget N by subsampling from a pool; PRM calibration.
 
 Each problem has a pool of K graded samples. For a budget N <= K, a draw is a random ordered subset
 of N samples (the first N of a random permutation); a method's accuracy on the problem is the
