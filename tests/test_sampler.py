@@ -27,13 +27,20 @@ def test_same_key_same_tokens_other_key_other_tokens():
   assert run(1) != run(2)
 
 
-def test_greedy_equals_argmax_of_full_forward():
+def test_attention_ladder():
+  assert sampling.attention_ladder(316) == (128, 256, 316)
+  assert sampling.attention_ladder(256) == (128, 256)
+  assert sampling.attention_ladder(26) == (26,)
+
+
+@pytest.mark.parametrize('new_tokens', [10, 300])  # 300: three decode phases (128, 256, 316)
+def test_greedy_equals_argmax_of_full_forward(new_tokens):
   prompts = _prompts([6, 11])
-  out = SAMPLER.sample(PARAMS, prompts, key=jax.random.key(0), max_new_tokens=10,
+  out = SAMPLER.sample(PARAMS, prompts, key=jax.random.key(0), max_new_tokens=new_tokens,
                        temperature=0.0, stop_tokens=[])
   model = tr.Transformer(CONFIG)
   for prompt, gen in zip(prompts, out.sequences()):
-    assert len(gen) == 10
+    assert len(gen) == new_tokens
     seq = jnp.asarray([prompt + gen])
     logits = model.apply({'params': PARAMS}, seq).logits[0]
     expected = jnp.argmax(logits[len(prompt) - 1:-1], axis=-1).tolist()

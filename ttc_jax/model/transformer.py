@@ -20,8 +20,10 @@ PAD_ID = 0
 
 @flax.struct.dataclass
 class LayerCache:
-  k: jax.Array  # [B, S, K, H]
-  v: jax.Array  # [B, S, K, H]
+  # Heads before slots: attention reads a prefix of slots as a plain batched matmul operand
+  # (with [B, S, K, H], XLA:CPU copied V transposed on every decode step).
+  k: jax.Array  # [B, K, S, H]
+  v: jax.Array  # [B, K, S, H]
 
 
 @flax.struct.dataclass
@@ -48,7 +50,7 @@ class Cache:
 
 def init_cache(config: TransformerConfig, batch_size: int, cache_size: int) -> Cache:
   dtype = jnp.dtype(config.dtype)
-  shape = (batch_size, cache_size, config.num_kv_heads, config.head_dim)
+  shape = (batch_size, config.num_kv_heads, cache_size, config.head_dim)
   layer = lambda: LayerCache(k=jnp.zeros(shape, dtype), v=jnp.zeros(shape, dtype))
   return Cache(
       layers=tuple(layer() for _ in range(config.num_layers)),
@@ -119,21 +121,25 @@ class Attention(nn.Module):
     q = apply_rope(q, positions_BxT, base, scale) * c.query_pre_attn_scalar
     key = apply_rope(key, positions_BxT, base, scale)
 
+    key, value = key.transpose(0, 2, 1, 3), value.transpose(0, 2, 1, 3)  # [B, K, T, H]
     new_cache = None
     if layer_cache is not None:
-      start = (0, end_index, 0, 0)
+      start = (0, 0, end_index, 0)
       key = jax.lax.dynamic_update_slice(layer_cache.k, key.astype(layer_cache.k.dtype), start)
       value = jax.lax.dynamic_update_slice(layer_cache.v, value.astype(layer_cache.v.dtype), start)
       new_cache = LayerCache(k=key, v=value)
+      # Only the first `attend_len` slots can hold tokens: attend to those alone.
+      key, value = key[:, :, :mask_BxTxS.shape[-1]], value[:, :, :mask_BxTxS.shape[-1]]
 
     b, t = q.shape[:2]
-    q_BxTxKxGxH = q.reshape(b, t, k, n // k, h)
-    logits = jnp.einsum('BTKGH,BSKH->BTKGS', q_BxTxKxGxH, key)
+    q_BxKxGxTxH = q.reshape(b, t, k, n // k, h).transpose(0, 2, 3, 1, 4)
+    logits = jnp.einsum('BKGTH,BKSH->BKGTS', q_BxKxGxTxH, key)
     if c.attn_logits_soft_cap is not None:
       logits = jnp.tanh(logits / c.attn_logits_soft_cap) * c.attn_logits_soft_cap
-    logits = jnp.where(mask_BxTxS[:, :, None, None, :], logits, K_MASK)
+    logits = jnp.where(mask_BxTxS[:, None, None], logits, K_MASK)
     probs = jax.nn.softmax(logits, axis=-1).astype(value.dtype)
-    encoded = jnp.einsum('BTKGS,BSKH->BTKGH', probs, value).reshape(b, t, n, h)
+    encoded = jnp.einsum('BKGTS,BKSH->BKGTH', probs, value)
+    encoded = encoded.transpose(0, 3, 1, 2, 4).reshape(b, t, n, h)
     out = Einsum((n, h, d), c.dtype, name='attn_vec_einsum')('BTNH,NHD->BTD', encoded)
     return out, new_cache
 
@@ -212,7 +218,7 @@ class Transformer(nn.Module):
   @nn.compact
   def __call__(self, tokens_BxT: jax.Array, input_mask_BxT: jax.Array | None = None,
                cache: Cache | None = None, logits_at_B: jax.Array | None = None,
-               return_hidden: bool = False) -> Output:
+               return_hidden: bool = False, attend_len: int | None = None) -> Output:
     """Runs the decoder on a chunk of tokens.
 
     Args:
@@ -222,6 +228,8 @@ class Transformer(nn.Module):
       cache: when given, the chunk is appended at `cache.end_index` and attends to the cache.
       logits_at_B: when given, only the logits at this chunk index per row are computed.
       return_hidden: also return the final-norm activations (for value heads).
+      attend_len: with a cache, attend only to its first `attend_len` slots (static; the caller
+        guarantees the chunk is written below it). Default: the whole cache.
     """
     c = self.config
     if input_mask_BxT is None:
@@ -236,7 +244,8 @@ class Transformer(nn.Module):
       start = cache.end_index
       valid = jax.lax.dynamic_update_slice(cache.valid, input_mask_BxT, (0, start))
       slot_pos = jax.lax.dynamic_update_slice(cache.positions, positions, (0, start))
-    global_mask, local_mask = _masks(valid, slot_pos, positions, start, t,
+    seen = slice(None) if cache is None or attend_len is None else slice(0, attend_len)
+    global_mask, local_mask = _masks(valid[:, seen], slot_pos[:, seen], positions, start, t,
                                      c.sliding_window_size)
 
     embedder = Embedder(c, name='embedder')

@@ -20,6 +20,8 @@ import numpy as np
 from ttc_jax.model.config import TransformerConfig
 from ttc_jax.model.transformer import PAD_ID, Cache, Transformer, init_cache
 
+# Decode phases attend to cache prefixes of 128, 256, ... slots (one compiled loop each).
+ATTENTION_LADDER_START = 128
 DEFAULT_BUCKETS = (16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768)
 
 
@@ -86,6 +88,15 @@ def sample_logits(logits_BxV, key, temperature, top_p, top_k: int):
   return jax.lax.cond(temperature > 0, sample, greedy, logits_BxV)
 
 
+def attention_ladder(cache_size: int, first: int = ATTENTION_LADDER_START) -> tuple[int, ...]:
+  """Cache prefixes the decode phases attend to: first, 2*first, ... up to the whole cache."""
+  rungs, rung = [], first
+  while rung < cache_size:
+    rungs.append(rung)
+    rung *= 2
+  return (*rungs, cache_size)
+
+
 def _repeat_rows(tree, n: int):
   """Repeats every batch-leading array n times (row i -> rows i*n .. i*n+n-1)."""
   return jax.tree.map(lambda x: x if x.ndim == 0 else jnp.repeat(x, n, axis=0), tree)
@@ -123,25 +134,34 @@ def generate(params, tokens_BxT, lengths_B, stop_BxK, key, temperature, top_p, c
       done=is_stop(first) | (max_new_tokens <= 1),
       cache=cache, key=key)
 
-  def cond(s: SamplingState):
-    return (s.step < max_new_tokens) & ~jnp.all(s.done)
+  def decode(s: SamplingState, attend_len: int) -> SamplingState:
+    """Decode steps while the write slot is below `attend_len`, attending to those slots only."""
 
-  def body(s: SamplingState) -> SamplingState:
-    live = ~s.done
-    o = model.apply({'params': params}, s.last_token[:, None], live[:, None], cache=s.cache,
-                    logits_at_B=jnp.zeros((rows,), jnp.int32))
-    nxt = sample_logits(o.logits, jax.random.fold_in(s.key, s.step), temperature, top_p, top_k)
-    nxt = jnp.where(live, nxt, PAD_ID)
-    num_tokens = s.num_tokens + live
-    return SamplingState(
-        step=s.step + 1,
-        tokens=jax.lax.dynamic_update_slice(s.tokens, nxt[:, None], (0, s.step)),
-        num_tokens=num_tokens,
-        last_token=jnp.where(live, nxt, s.last_token),
-        done=s.done | (live & (is_stop(nxt) | (num_tokens >= max_new_tokens))),
-        cache=o.cache, key=s.key)
+    def cond(s: SamplingState):
+      return (s.step < max_new_tokens) & ~jnp.all(s.done) & (s.cache.end_index < attend_len)
 
-  s = jax.lax.while_loop(cond, body, state)
+    def body(s: SamplingState) -> SamplingState:
+      live = ~s.done
+      o = model.apply({'params': params}, s.last_token[:, None], live[:, None], cache=s.cache,
+                      logits_at_B=jnp.zeros((rows,), jnp.int32), attend_len=attend_len)
+      nxt = sample_logits(o.logits, jax.random.fold_in(s.key, s.step), temperature, top_p, top_k)
+      nxt = jnp.where(live, nxt, PAD_ID)
+      num_tokens = s.num_tokens + live
+      return SamplingState(
+          step=s.step + 1,
+          tokens=jax.lax.dynamic_update_slice(s.tokens, nxt[:, None], (0, s.step)),
+          num_tokens=num_tokens,
+          last_token=jnp.where(live, nxt, s.last_token),
+          done=s.done | (live & (is_stop(nxt) | (num_tokens >= max_new_tokens))),
+          cache=o.cache, key=s.key)
+
+    return jax.lax.while_loop(cond, body, s)
+
+  # Attention cost grows with the slots it reads, so decoding runs in phases over a static ladder
+  # of cache prefixes; a phase whose prefix is already full runs zero iterations.
+  s = state
+  for attend_len in attention_ladder(cache.size):
+    s = decode(s, attend_len)
   return SampleOutput(tokens=s.tokens, num_tokens=s.num_tokens, last_token=s.last_token,
                       cache=s.cache)
 
