@@ -1,5 +1,5 @@
 """The launcher end to end on the tiny arith config: stages, skipping, resume after kill -9,
-one-line errors for bad input."""
+one-line errors for bad input; the PRM chain (prm_data, train_prm, train_orm) on its outputs."""
 
 import json
 import os
@@ -49,6 +49,9 @@ def test_all_writes_every_artifact(full_run):
   info = json.loads((full_run / 'models' / 'base' / 'info.json').read_text())
   assert info['pretrain_flops'] == pytest.approx(6 * info['num_params'] * info['tokens_seen'])
   assert not [p for p in full_run.rglob('*') if '.tmp' in p.name]
+  for kind in ('prm', 'orm'):
+    info = json.loads((full_run / 'models' / kind / 'info.json').read_text())
+    assert info['train_solutions'] > 0 and 0 <= info['validation']['step_brier'] <= 1
 
 
 def test_rerun_skips_finished_stages(full_run):
@@ -109,7 +112,92 @@ def test_corrupt_checkpoint(full_run, tmp_path):
   (tmp_path / 'wd' / 'models' / 'base' / 'info.json').unlink()
   (tmp_path / 'wd' / 'calibration.json').unlink()
   shutil.rmtree(tmp_path / 'wd' / 'samples')
-  for f in (tmp_path / 'wd' / 'models' / 'base' / '20').rglob('*'):
+  for f in (tmp_path / 'wd' / 'models' / 'base' / '300').rglob('*'):
     if f.is_file():
       f.write_bytes(b'')
   _one_line_error(launch(tmp_path / 'wd', mode='train_base'), 'is corrupt or does not match')
+
+
+def _labels(workdir, split='train'):
+  from configs.arith import get_config
+  from ttc_jax.pipeline import prm_data
+  return prm_data.load_labels(get_config('tiny'), str(workdir), split, 'test')
+
+
+def test_prm_labels(full_run):
+  from configs.arith import get_config
+  from ttc_jax.pipeline import common
+  from ttc_jax.tasks import arith
+  from ttc_jax.verifiers.steps import step_ends
+  config = get_config('tiny')
+  tok = common.load_tokenizer(str(full_run), 'test')
+  train, valid = _labels(full_run), _labels(full_run, 'validation')
+  assert train and valid
+  assert not {l.problem_id for l in train} & {l.problem_id for l in valid}
+  assert len({l.problem_id for l in train}) <= config.prm_data.train_problems
+  for l in train + valid:
+    assert arith.extract_answer(l.completion) is not None
+    assert tok.decode(l.completion_ids) == l.completion
+    assert l.step_ends == step_ends(l.completion_ids, tok.id_of('\n'), tok.eos_id)
+    assert len(l.labels) == len(l.step_ends)
+    assert all(0.0 <= x <= 1.0 for x in l.labels)
+    assert l.labels[-1] == float(l.correct) == float(arith.grade(l.completion, l.answer))
+  m = config.prm_data.num_rollouts
+  mc = [x for l in train for x in l.labels[:-1]]
+  assert mc and all(x * m == round(x * m) for x in mc)
+
+
+def test_kill_9_during_prm_data_then_rerun_loses_at_most_one_shard(full_run, tmp_path):
+  import shutil
+  shutil.copytree(full_run, tmp_path / 'wd')
+  labels_dir = next((tmp_path / 'wd' / 'prm_data' / 'base').iterdir())
+  shards = labels_dir / 'shards'
+  originals = {p.name: json.loads(p.read_text())['records'] for p in shards.iterdir()}
+  assert sorted(originals) == ['train-00000.json', 'train-00001.json', 'validation-00000.json']
+  shutil.rmtree(labels_dir / 'tfds')
+  for p in list(shards.iterdir())[1:]:
+    p.unlink()
+  kept = next(shards.iterdir())
+  mtime = kept.stat().st_mtime_ns
+  proc = launch(tmp_path / 'wd', mode='prm_data', wait=False)
+  deadline = time.time() + 300
+  while len([p for p in shards.iterdir() if not p.name.startswith('.')]) < 2 and (
+      time.time() < deadline and proc.poll() is None):
+    time.sleep(0.05)
+  assert proc.poll() is None, 'prm_data ended before the kill'
+  os.kill(proc.pid, signal.SIGKILL)
+  proc.wait()
+  done = sorted(p.name for p in shards.iterdir() if not p.name.startswith('.'))
+  assert len(done) == 2 and not any(labels_dir.rglob('dataset_info.json'))
+  assert launch(tmp_path / 'wd', mode='prm_data').returncode == 0
+  assert kept.stat().st_mtime_ns == mtime  # a finished shard is never redone
+  for p in shards.iterdir():
+    if not p.name.startswith('.'):
+      assert json.loads(p.read_text())['records'] == originals[p.name]  # same keys, same labels
+  assert _labels(tmp_path / 'wd') == _labels(full_run)
+
+
+def test_train_prm_resumes_to_the_uninterrupted_parameters(full_run, tmp_path):
+  import shutil
+  import jax
+  from configs.arith import get_config
+  from ttc_jax.pipeline import train_prm
+  shutil.copytree(full_run, tmp_path / 'wd')
+  prm = tmp_path / 'wd' / 'models' / 'prm'
+  (prm / 'info.json').unlink()
+  shutil.rmtree(prm / str(get_config('tiny').train_prm.steps))  # killed before the last save
+  result = launch(tmp_path / 'wd', mode='train_prm')
+  assert result.returncode == 0 and 'resumed from step' in result.stderr
+  config = get_config('tiny')
+  _, resumed = train_prm.load_verifier(config, str(tmp_path / 'wd'), 'prm', 'test')
+  _, original = train_prm.load_verifier(config, str(full_run), 'prm', 'test')
+  for a, b in zip(jax.tree.leaves(resumed), jax.tree.leaves(original)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_train_prm_before_prm_data(full_run, tmp_path):
+  import shutil
+  shutil.copytree(full_run, tmp_path / 'wd')
+  shutil.rmtree(tmp_path / 'wd' / 'prm_data')
+  shutil.rmtree(tmp_path / 'wd' / 'models' / 'prm')
+  _one_line_error(launch(tmp_path / 'wd', mode='train_prm'), 'run --mode=prm_data first')
