@@ -43,7 +43,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       temperature=1.0, max_new_tokens=256, problems_per_shard=4, prefixes_per_call=16))
   # PRM and ORM value-head training (stages train_prm, train_orm), from the base model.
   c.train_prm = trainer.default_config()
-  c.train_prm.update(dict(steps=300, batch_size=32, learning_rate=3e-4, warmup_steps=30,
+  c.train_prm.update(dict(steps=200, batch_size=32, learning_rate=3e-4, warmup_steps=20,
                           log_every=50, checkpoint_every=100))
   c.train_prm.max_len = 320
   c.eval_verifiers = ml_collections.ConfigDict(dict(

@@ -28,7 +28,7 @@ STAGES = {
 }
 # `all` runs these in order.
 PIPELINE = ('data', 'tokenizer', 'train_base', 'sample', 'calibrate', 'prm_data', 'train_prm',
-            'train_orm')
+            'train_orm', 'eval_verifiers')
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'ml_collections config file.')
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory holding every artifact.')
