@@ -18,6 +18,7 @@ import json
 import os
 import pathlib
 import time
+from typing import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -26,7 +27,7 @@ import numpy as np
 from ttc_jax.model import gguf_import
 from ttc_jax.model import transformer as tr
 from ttc_jax.model.config import TransformerConfig
-from ttc_jax.sampling.sampler import Sampler
+from ttc_jax.sampling.sampler import Sampler, bucket_length
 
 TOP_K = 8
 NUM_POSITIONS = 6
@@ -67,21 +68,32 @@ def topk(logits: np.ndarray, k: int = TOP_K) -> np.ndarray:
   return np.argsort(-logits, axis=-1, kind='stable')[..., :k]
 
 
-def our_logits_at(config: TransformerConfig, params, ids: list[int],
-                  positions: np.ndarray) -> np.ndarray:
-  """[P, V] logits of one unpadded row at `positions`. Only the final-norm activations are
-  computed for every position (the full [T, V] logits are dead code under jit)."""
-  hidden = _hidden(params, jnp.asarray([ids], jnp.int32), config=config)[0]
-  x = hidden[jnp.asarray(positions)]
-  logits = x @ params['embedder']['input_embedding'].T
-  if config.final_logit_softcap is not None:
-    logits = jnp.tanh(logits / config.final_logit_softcap) * config.final_logit_softcap
-  return np.asarray(logits)
+def our_logits_at(config: TransformerConfig, params, rows: Sequence[Sequence[int]],
+                  positions: Sequence[np.ndarray]) -> list[np.ndarray]:
+  """[P, V] logits of each row at its positions. Rows are right-padded to length buckets (one
+  compilation per bucket); only the final-norm activations are computed for every position (the
+  full [T, V] logits are dead code under jit)."""
+  by_bucket: dict[int, list[int]] = {}
+  for i, row in enumerate(rows):
+    by_bucket.setdefault(bucket_length(len(row)), []).append(i)
+  out: list[np.ndarray] = [np.zeros(0)] * len(rows)
+  for t, members in by_bucket.items():
+    tokens = np.zeros((len(members), t), np.int32)
+    for j, i in enumerate(members):
+      tokens[j, :len(rows[i])] = rows[i]
+    mask = np.arange(t)[None, :] < np.array([len(rows[i]) for i in members])[:, None]
+    hidden = _hidden(params, jnp.asarray(tokens), jnp.asarray(mask), config=config)
+    for j, i in enumerate(members):
+      logits = hidden[j, jnp.asarray(positions[i])] @ params['embedder']['input_embedding'].T
+      if config.final_logit_softcap is not None:
+        logits = jnp.tanh(logits / config.final_logit_softcap) * config.final_logit_softcap
+      out[i] = np.asarray(logits)
+  return out
 
 
 @functools.partial(jax.jit, static_argnames=('config',))
-def _hidden(params, tokens, *, config: TransformerConfig):
-  return tr.Transformer(config).apply({'params': params}, tokens, return_hidden=True).hidden
+def _hidden(params, tokens, mask, *, config: TransformerConfig):
+  return tr.Transformer(config).apply({'params': params}, tokens, mask, return_hidden=True).hidden
 
 
 def our_greedy(config: TransformerConfig, params, prompt: list[int], eos_id: int,
@@ -166,7 +178,7 @@ def measure(gguf_path: pathlib.Path) -> tuple[dict, dict, dict[str, np.ndarray]]
     pos = positions_for(len(ids))
     with torch.no_grad():
       ref = model(input_ids=torch.tensor([ids])).logits[0].numpy()[pos]  # [P, V]
-    ours = our_logits_at(config, params, ids, pos)
+    ours = our_logits_at(config, params, [ids], [pos])[0]
     idx = topk(ref)
     top_ref = np.take_along_axis(ref, idx, -1)
     err = rel_err(np.take_along_axis(ours, idx, -1), top_ref)

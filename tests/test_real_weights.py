@@ -80,10 +80,11 @@ def test_tokenizer_ids_match_reference(imported):
 def test_logits_match_reference(imported):
   config, params, _ = imported
   spec, arrays = _fixture()
+  names = spec['names']
+  logits = bench.our_logits_at(config, params, [arrays[f'{n}.ids'].tolist() for n in names],
+                               [arrays[f'{n}.positions'].astype(np.int32) for n in names])
   worst = 0.0
-  for name in spec['names']:
-    ours = bench.our_logits_at(config, params, arrays[f'{name}.ids'].tolist(),
-                               arrays[f'{name}.positions'].astype(np.int32))
+  for name, ours in zip(names, logits):
     idx = arrays[f'{name}.topk_idx']
     np.testing.assert_array_equal(bench.topk(ours), idx, err_msg=name)
     worst = max(worst, bench.rel_err(np.take_along_axis(ours, idx, -1),
