@@ -191,7 +191,8 @@ def label_shard(config, tok: Tokenizer, sampler: Sampler, params, problems: list
               sample_tokens=sum(map(len, completions)), sample_seconds=sample_seconds,
               unique_prefixes=len(prefixes), rollouts=stats.rollouts,
               rollout_tokens=stats.tokens, rollout_seconds=stats.seconds,
-              rollout_calls=stats.calls)
+              rollout_calls=stats.calls, warm_rollout_tokens=stats.warm_tokens,
+              warm_rollout_seconds=stats.warm_seconds)
   return result, info
 
 
@@ -223,9 +224,11 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
       wd.atomic_write_json(path, {'stats': info, 'records': [r.to_record() for r in recs]})
       logging.info(
           'prm_data: %s shard %d/%d (num_ops %d-%d): kept %d/%d, %d prefixes, %d rollouts, '
-          'rollouts %.0f tokens/s, %.0fs elapsed', split, shard + 1, total, batch[0].num_ops,
-          batch[-1].num_ops, info['kept'], info['samples'], info['unique_prefixes'],
-          info['rollouts'], info['rollout_tokens'] / max(info['rollout_seconds'], 1e-9),
+          'rollouts %.0f tokens/s (%.0f without compiling), %.0fs elapsed', split, shard + 1,
+          total, batch[0].num_ops, batch[-1].num_ops, info['kept'], info['samples'],
+          info['unique_prefixes'], info['rollouts'],
+          info['rollout_tokens'] / max(info['rollout_seconds'], 1e-9),
+          info['warm_rollout_tokens'] / max(info['warm_rollout_seconds'], 1e-9),
           time.perf_counter() - t_start)
   stats = _summary(config, workdir)
   records.prepare(PrmLabelsBuilder, _tfds_dir(config, workdir),
@@ -242,9 +245,8 @@ def _summary(config, workdir) -> dict:
     infos = [wd.read_json(os.path.join(directory, f))['stats'] for f in sorted(os.listdir(directory))
              if f.startswith(f'{split}-')]
     total = {k: sum(i[k] for i in infos) for k in infos[0]} if infos else {}
-    if total:
-      total['rollout_tokens_per_s'] = total['rollout_tokens'] / max(total['rollout_seconds'], 1e-9)
-      total['sample_tokens_per_s'] = total['sample_tokens'] / max(total['sample_seconds'], 1e-9)
+    for what in ('rollout', 'warm_rollout', 'sample') if total else ():
+      total[f'{what}_tokens_per_s'] = total[f'{what}_tokens'] / max(total[f'{what}_seconds'], 1e-9)
     out[split] = total
   return out
 

@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ttc_jax.model.transformer import Cache
+from ttc_jax.sampling import sampler as sampling
 from ttc_jax.sampling.sampler import Sampler
 
 # Prompt buckets for samplers whose caches are continued: a 1-token continuation uses 1 slot.
@@ -43,19 +44,12 @@ class Prefix:
 @dataclasses.dataclass
 class RolloutStats:
   rollouts: int = 0
-  tokens: int = 0
+  tokens: int = 0  # sampled by the rollouts (padding rows not counted)
   seconds: float = 0.0
   calls: int = 0
-
-  def add(self, other: RolloutStats) -> None:
-    self.rollouts += other.rollouts
-    self.tokens += other.tokens
-    self.seconds += other.seconds
-    self.calls += other.calls
-
-  @property
-  def tokens_per_s(self) -> float:
-    return self.tokens / max(self.seconds, 1e-9)
+  # The same over calls that did not compile the sampler: the steady-state throughput.
+  warm_tokens: int = 0
+  warm_seconds: float = 0.0
 
 
 def _budget_bucket(n: int, step: int = 64) -> int:
@@ -90,20 +84,26 @@ def rollout_labels(sampler: Sampler, params, cache: Cache, prompt_lengths: Seque
         raise ValueError(f'prefix end {p.end} outside completion {p.row} of '
                          f'{len(completions[p.row])} tokens')
     budget = min(max_new_tokens, _budget_bucket(max(max_new_tokens - p.end - 1 for p in batch)))
-    t0 = time.perf_counter()
+    t0, compiled = time.perf_counter(), sampling.generate._cache_size()
     rows = prefix_rows(cache, jnp.asarray([p.row for p in batch], jnp.int32),
                        jnp.asarray([prompt_lengths[p.row] + p.end for p in batch], jnp.int32))
     out = sampler.sample(params, [[completions[p.row][p.end]] for p in batch],
                          key=jax.random.fold_in(key, call), max_new_tokens=max(budget, 1),
                          num_samples=num_rollouts, temperature=temperature, cache=rows)
     seqs = out.sequences()
-    stats.seconds += time.perf_counter() - t0
-    stats.calls += 1
+    seconds = time.perf_counter() - t0
+    tokens = 0
     for j, i in enumerate(chunk):
       p = prefixes[i]
       head = list(completions[p.row][:p.end + 1])
       outs = seqs[j * num_rollouts:(j + 1) * num_rollouts]
       labels[i] = float(np.mean([grade(p.row, head + s) for s in outs]))
       stats.rollouts += len(outs)
-      stats.tokens += sum(len(s) for s in outs)
+      tokens += sum(len(s) for s in outs)
+    stats.calls += 1
+    stats.tokens += tokens
+    stats.seconds += seconds
+    if sampling.generate._cache_size() == compiled:
+      stats.warm_tokens += tokens
+      stats.warm_seconds += seconds
   return labels, stats
