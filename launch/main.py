@@ -5,13 +5,14 @@ input (an unknown config key, a missing input, an unwritable workdir) ends with 
 """
 
 import sys
+import time
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
 from ttc_jax import workdir as wd
-from ttc_jax.pipeline import (calibrate, data, eval_verifiers, prm_data, sample, tokenizer,
-                              train_base, train_prm)
+from ttc_jax.pipeline import (calibrate, data, eval_verifiers, import_model, prm_data, sample,
+                              sft, tokenizer, train_base, train_prm)
 from ttc_jax.sampling import demo
 
 STAGES = {
@@ -25,6 +26,9 @@ STAGES = {
     'train_orm': train_prm.run_orm,
     'eval_verifiers': eval_verifiers.run,
     'demo': demo.run,
+    # Real checkpoints (configs/gemma3_270m_gsm8k.py): then `sample` and `calibrate` as above.
+    'import_model': import_model.run,
+    'sft': sft.run,
 }
 # `all` runs these in order.
 PIPELINE = ('data', 'tokenizer', 'train_base', 'sample', 'calibrate', 'prm_data', 'train_prm',
@@ -67,7 +71,9 @@ def main(argv):
     workdir = wd.prepare(_WORKDIR.value)
     for stage in PIPELINE if _MODE.value == 'all' else (_MODE.value,):
       logging.info('stage %s in %s', stage, workdir)
+      t0 = time.perf_counter()
       STAGES[stage](config, workdir)
+      logging.info('stage %s finished in %.1f s', stage, time.perf_counter() - t0)
   except USER_ERRORS as e:
     if _TRACEBACK.value:
       raise

@@ -15,7 +15,7 @@ import numpy as np
 from absl import logging
 
 from ttc_jax import workdir as wd
-from ttc_jax.pipeline import common, sample
+from ttc_jax.pipeline import common, real_tasks, sample
 from ttc_jax.tasks import arith
 
 matplotlib.use('Agg')
@@ -63,6 +63,9 @@ def error_locality(recs: list[dict], problems: dict[str, arith.Problem], limit: 
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> None:
+  if real_tasks.is_real(config):  # GSM8K / MATH500 with a real model
+    from ttc_jax.pipeline import real_eval  # pylint: disable=g-import-not-at-top (cycle)
+    return real_eval.calibrate(config, workdir)
   name, c = config.model_name, config.calibrate
   out_path = common.calibration_path(workdir, name)
   if os.path.exists(out_path):

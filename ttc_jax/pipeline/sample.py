@@ -15,7 +15,7 @@ import ml_collections
 from absl import logging
 
 from ttc_jax import workdir as wd
-from ttc_jax.pipeline import common, train_base
+from ttc_jax.pipeline import common, real_tasks, train_base
 from ttc_jax.sampling.sampler import Sampler
 from ttc_jax.tasks import arith
 
@@ -29,6 +29,9 @@ def num_shards(num_problems: int, per_shard: int) -> int:
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> None:
+  if real_tasks.is_real(config):  # GSM8K / MATH500 with a real model
+    from ttc_jax.pipeline import real_eval  # pylint: disable=g-import-not-at-top (cycle)
+    return real_eval.sample(config, workdir)
   s, name = config.sample, config.model_name
   model, params = train_base.load_model(config, workdir, name, 'sample')
   tok = common.load_tokenizer(workdir, 'sample')

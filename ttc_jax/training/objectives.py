@@ -19,14 +19,23 @@ from ttc_jax.training.data import Batch
 
 @dataclasses.dataclass(frozen=True)
 class LanguageModeling:
-  """Cross-entropy on tokens whose loss_mask is 1 (the completion for SFT, all text for LM)."""
+  """Cross-entropy on tokens whose loss_mask is 1 (the completion for SFT, all text for LM).
+
+  With `compute_dtype` (e.g. 'bfloat16') the forward and backward run in that precision on a
+  cast of the params, whose master copy (and the optimizer state) keeps the config's dtype.
+  """
   config: TransformerConfig
+  compute_dtype: str | None = None
 
   def init(self, key: jax.Array):
     return init_params(self.config, key)
 
   def loss(self, params, batch: Batch) -> tuple[jax.Array, dict[str, jax.Array]]:
-    out = Transformer(self.config).apply({'params': params}, batch.tokens[:, :-1])
+    config = self.config
+    if self.compute_dtype:
+      config = dataclasses.replace(config, dtype=self.compute_dtype)
+      params = jax.tree.map(lambda x: x.astype(self.compute_dtype), params)
+    out = Transformer(config).apply({'params': params}, batch.tokens[:, :-1])
     targets, weights = batch.tokens[:, 1:], batch.loss_mask[:, 1:]
     nll = optax.softmax_cross_entropy_with_integer_labels(out.logits.astype(jnp.float32), targets)
     total = jnp.maximum(weights.sum(), 1.0)
