@@ -52,6 +52,14 @@ def test_all_writes_every_artifact(full_run):
   for kind in ('prm', 'orm'):
     info = json.loads((full_run / 'models' / kind / 'info.json').read_text())
     assert info['train_solutions'] > 0 and 0 <= info['validation']['step_brier'] <= 1
+  verifiers = json.loads((full_run / 'verifiers.json').read_text())
+  assert verifiers['ns'] == [1, 2, 4] and verifiers['groups']['overall']['num_problems'] == 20
+  # The PRM's calibration is read against the labels train_prm held out; both see the same steps.
+  prm_info = json.loads((full_run / 'models' / 'prm' / 'info.json').read_text())
+  assert verifiers['prm_calibration']['num_steps'] == prm_info['validation']['step_count']
+  assert verifiers['prm_calibration']['brier'] == pytest.approx(
+      prm_info['validation']['step_brier'], abs=1e-4)
+  assert (full_run / 'verifiers.png').stat().st_size > 1000
 
 
 def test_rerun_skips_finished_stages(full_run):
