@@ -183,6 +183,14 @@ def load(path: str | os.PathLike) -> GgufModel:
   return GgufModel(config=config, params=params, tokenizer_proto=tokenizer_proto(reader))
 
 
+def load_tokenizer(path: str | os.PathLike):
+  """Our Tokenizer of a Gemma 3 GGUF's vocabulary, without reading its tensors."""
+  import sentencepiece as spm  # pylint: disable=g-import-not-at-top
+  from ttc_jax.tokenizer import Tokenizer  # pylint: disable=g-import-not-at-top
+  proto = tokenizer_proto(open_reader(path), os.fspath(path))
+  return Tokenizer(spm.SentencePieceProcessor(model_proto=proto))
+
+
 def write_tokenizer(proto: bytes, path: str | os.PathLike) -> None:
   path = pathlib.Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)

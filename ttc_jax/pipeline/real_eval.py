@@ -46,8 +46,8 @@ def _stop_ids(config, tok) -> list[int]:
 
 def sample(config: ml_collections.ConfigDict, workdir: str) -> None:
   s = config.sample
+  problems = _problems(config, workdir)  # bad data paths fail before the model loads
   model, params, tok = sft.load_model(config, workdir, 'sample')
-  problems = _problems(config, workdir)
   prompts = {p.id: tok.encode(real_tasks.prompt(config, p), add_bos=True) for p in problems}
   # Similar prompt lengths in one batch: one length bucket, less padding.
   order = sorted(problems, key=lambda p: (len(prompts[p.id]), p.id))
