@@ -75,12 +75,20 @@ class LlamaCpp:
   """llama.cpp through llama-cpp-python's low-level API (its high-level one is batch 1)."""
 
   def __init__(self, path: str, max_batch: int, n_ctx: int):
-    import llama_cpp  # pylint: disable=g-import-not-at-top
-    self.ll = llama_cpp
-    self.llm = llama_cpp.Llama(model_path=path, n_ctx=n_ctx * max_batch, n_batch=512,
-                               n_seq_max=max_batch, n_threads=os.cpu_count(),
-                               n_threads_batch=os.cpu_count(), logits_all=False, verbose=False)
-    self.ctx, self.vocab = self.llm.ctx, self.llm.n_vocab()
+    import llama_cpp as ll  # pylint: disable=g-import-not-at-top
+    self.ll = ll
+    # llama_cpp.Llama() opens its context with one sequence; batched decoding needs our own.
+    self.model = ll.llama_model_load_from_file(path.encode(), ll.llama_model_default_params())
+    params = ll.llama_context_default_params()
+    params.n_ctx, params.n_batch, params.n_ubatch = n_ctx, 512, 512
+    params.n_seq_max, params.kv_unified = max_batch, True  # the prompt's cells shared by all
+    params.n_threads = params.n_threads_batch = os.cpu_count()
+    self.ctx = ll.llama_init_from_model(self.model, params)
+    self.vocab = ll.llama_vocab_n_tokens(ll.llama_model_get_vocab(self.model))
+
+  def __del__(self):
+    self.ll.llama_free(self.ctx)
+    self.ll.llama_model_free(self.model)
 
   def _decode(self, tokens, positions, seq_ids, want_logits) -> None:
     ll, n = self.ll, len(tokens)
@@ -136,7 +144,8 @@ def main():
   tok = gguf_import.load_tokenizer(path)
   prompt = [tok.bos_id] + tok.encode(prompt_text())
   makers = {'ttc_jax': lambda: Ours(path), 'transformers': lambda: Transformers(path),
-            'llama.cpp': lambda: LlamaCpp(path, max(batches), len(prompt) + args.new_tokens)}
+            'llama.cpp': lambda: LlamaCpp(path, max(batches),
+                                         len(prompt) + max(batches) * args.new_tokens + 64)}
   results: dict = {}
   for name in systems:  # one system in memory at a time
     t0 = time.perf_counter()
