@@ -54,7 +54,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.task.num_shots = 1
     c.sample.update(dict(num_samples=2, max_new_tokens=8, max_problems=2))
     c.calibrate.update(dict(ks=(1, 2), majority_draws=4))
-    c.sft.max_len = 384
     c.sft.train.update(dict(steps=2, batch_size=2, warmup_steps=1, log_every=1,
                             checkpoint_every=1))
   return c

