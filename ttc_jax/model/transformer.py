@@ -20,9 +20,9 @@ PAD_ID = 0
 
 @flax.struct.dataclass
 class LayerCache:
-  # Heads before slots: attention reads a prefix of slots as a plain batched matmul operand
-  # (with [B, S, K, H], XLA:CPU copied V transposed on every decode step).
-  k: jax.Array  # [B, K, S, H]
+  # Laid out as the attention matmuls consume them (q @ k and probs @ v, batched over B and K):
+  # any other layout made XLA:CPU copy the whole cache transposed on every decode step.
+  k: jax.Array  # [B, K, H, S]
   v: jax.Array  # [B, K, S, H]
 
 
@@ -50,8 +50,9 @@ class Cache:
 
 def init_cache(config: TransformerConfig, batch_size: int, cache_size: int) -> Cache:
   dtype = jnp.dtype(config.dtype)
-  shape = (batch_size, config.num_kv_heads, cache_size, config.head_dim)
-  layer = lambda: LayerCache(k=jnp.zeros(shape, dtype), v=jnp.zeros(shape, dtype))
+  k_shape = (batch_size, config.num_kv_heads, config.head_dim, cache_size)
+  v_shape = (batch_size, config.num_kv_heads, cache_size, config.head_dim)
+  layer = lambda: LayerCache(k=jnp.zeros(k_shape, dtype), v=jnp.zeros(v_shape, dtype))
   return Cache(
       layers=tuple(layer() for _ in range(config.num_layers)),
       valid=jnp.zeros((batch_size, cache_size), bool),
@@ -121,19 +122,21 @@ class Attention(nn.Module):
     q = apply_rope(q, positions_BxT, base, scale) * c.query_pre_attn_scalar
     key = apply_rope(key, positions_BxT, base, scale)
 
-    key, value = key.transpose(0, 2, 1, 3), value.transpose(0, 2, 1, 3)  # [B, K, T, H]
+    key, value = key.transpose(0, 2, 3, 1), value.transpose(0, 2, 1, 3)  # [B,K,H,T], [B,K,T,H]
     new_cache = None
     if layer_cache is not None:
-      start = (0, 0, end_index, 0)
-      key = jax.lax.dynamic_update_slice(layer_cache.k, key.astype(layer_cache.k.dtype), start)
-      value = jax.lax.dynamic_update_slice(layer_cache.v, value.astype(layer_cache.v.dtype), start)
+      key = jax.lax.dynamic_update_slice(layer_cache.k, key.astype(layer_cache.k.dtype),
+                                         (0, 0, 0, end_index))
+      value = jax.lax.dynamic_update_slice(layer_cache.v, value.astype(layer_cache.v.dtype),
+                                           (0, 0, end_index, 0))
       new_cache = LayerCache(k=key, v=value)
-      # Only the first `attend_len` slots can hold tokens: attend to those alone.
-      key, value = key[:, :, :mask_BxTxS.shape[-1]], value[:, :, :mask_BxTxS.shape[-1]]
+      # The mask covers the slots this call may attend to (`attend_len`): read only those.
+      seen = mask_BxTxS.shape[-1]
+      key, value = key[..., :seen], value[:, :, :seen]
 
     b, t = q.shape[:2]
     q_BxKxGxTxH = q.reshape(b, t, k, n // k, h).transpose(0, 2, 3, 1, 4)
-    logits = jnp.einsum('BKGTH,BKSH->BKGTS', q_BxKxGxTxH, key)
+    logits = jnp.einsum('BKGTH,BKHS->BKGTS', q_BxKxGxTxH, key)
     if c.attn_logits_soft_cap is not None:
       logits = jnp.tanh(logits / c.attn_logits_soft_cap) * c.attn_logits_soft_cap
     logits = jnp.where(mask_BxTxS[:, None, None], logits, K_MASK)

@@ -89,12 +89,17 @@ def sample_logits(logits_BxV, key, temperature, top_p, top_k: int):
 
 
 def attention_ladder(cache_size: int, first: int = ATTENTION_LADDER_START) -> tuple[int, ...]:
-  """Cache prefixes the decode phases attend to: first, 2*first, ... up to the whole cache."""
+  """Cache prefixes the decode phases attend to: first, 2*first, ..., cache_size - 1.
+
+  Decoding never writes the last slot (`Sampler.sample` checks that used + chunk + max_new_tokens
+  fits, and the last sampled token is not fed), so every phase reads a proper prefix: reading the
+  whole cache made XLA:CPU copy every cache array on every step.
+  """
   rungs, rung = [], first
-  while rung < cache_size:
+  while rung < cache_size - 1:
     rungs.append(rung)
     rung *= 2
-  return (*rungs, cache_size)
+  return (*rungs, cache_size - 1)
 
 
 def _repeat_rows(tree, n: int):
