@@ -6,6 +6,7 @@ Parameter names and shapes follow the official Gemma checkpoints, so they load u
 from __future__ import annotations
 
 import functools
+import math
 
 import flax
 import flax.linen as nn
@@ -89,14 +90,35 @@ class RMSNorm(nn.Module):
     return normed * (1 + scale.reshape((1,) * (x.ndim - 1) + scale.shape))
 
 
-class Einsum(nn.Module):
+class HeadsIn(nn.Module):
+  """x [B, T, D] times w [*lead, D, H] -> [*lead, B, T, H] (q, kv or fused qkv projections).
+
+  One matmul batched over the flattened leading axes of w: an einsum contracting D out of the
+  middle of w made XLA:CPU copy w transposed on every decode step.
+  """
   shape: tuple[int, ...]
   dtype: str = 'float32'
 
   @nn.compact
-  def __call__(self, eqn: str, x: jax.Array) -> jax.Array:
+  def __call__(self, x_BxTxD: jax.Array) -> jax.Array:
     w = self.param('w', nn.initializers.normal(), self.shape, jnp.dtype(self.dtype))
-    return jnp.einsum(eqn, x, w)
+    lead, (d, h) = self.shape[:-2], self.shape[-2:]
+    m = math.prod(lead)
+    x_MxBxTxD = jnp.broadcast_to(x_BxTxD, (m, *x_BxTxD.shape))
+    out = jnp.einsum('MBTD,MDH->MBTH', x_MxBxTxD, w.reshape(m, d, h))
+    return out.reshape(*lead, *out.shape[1:])
+
+
+class HeadsOut(nn.Module):
+  """x [B, T, N, H] times w [N, H, D] -> [B, T, D], as one [B*T, N*H] @ [N*H, D] matmul."""
+  shape: tuple[int, int, int]
+  dtype: str = 'float32'
+
+  @nn.compact
+  def __call__(self, x_BxTxNxH: jax.Array) -> jax.Array:
+    w = self.param('w', nn.initializers.normal(), self.shape, jnp.dtype(self.dtype))
+    n, h, d = self.shape
+    return jnp.dot(x_BxTxNxH.reshape(*x_BxTxNxH.shape[:-2], n * h), w.reshape(n * h, d))
 
 
 class Attention(nn.Module):
@@ -109,10 +131,12 @@ class Attention(nn.Module):
     c = self.config
     n, k, h, d = c.num_heads, c.num_kv_heads, c.head_dim, c.embed_dim
     if n == k:  # Official checkpoints fuse q, k and v when there is one kv head per query head.
-      q, key, value = Einsum((3, n, d, h), c.dtype, name='qkv_einsum')('BTD,SNDH->SBTNH', x_BxTxD)
+      q, key, value = HeadsIn((3, n, d, h), c.dtype, name='qkv_einsum')(x_BxTxD)
     else:
-      q = Einsum((n, d, h), c.dtype, name='q_einsum')('BTD,NDH->BTNH', x_BxTxD)
-      key, value = Einsum((2, k, d, h), c.dtype, name='kv_einsum')('BSD,CKDH->CBSKH', x_BxTxD)
+      q = HeadsIn((n, d, h), c.dtype, name='q_einsum')(x_BxTxD)
+      key, value = HeadsIn((2, k, d, h), c.dtype, name='kv_einsum')(x_BxTxD)
+    # [N or K, B, T, H] -> [B, T, N or K, H]
+    q, key, value = (a.transpose(1, 2, 0, 3) for a in (q, key, value))
     if c.use_qk_norm:
       q = RMSNorm(name='_query_norm')(q)
       key = RMSNorm(name='_key_norm')(key)
@@ -143,7 +167,7 @@ class Attention(nn.Module):
     probs = jax.nn.softmax(logits, axis=-1).astype(value.dtype)
     encoded = jnp.einsum('BKGTS,BKSH->BKGTH', probs, value)
     encoded = encoded.transpose(0, 3, 1, 2, 4).reshape(b, t, n, h)
-    out = Einsum((n, h, d), c.dtype, name='attn_vec_einsum')('BTNH,NHD->BTD', encoded)
+    out = HeadsOut((n, h, d), c.dtype, name='attn_vec_einsum')(encoded)
     return out, new_cache
 
 
