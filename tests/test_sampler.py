@@ -125,3 +125,14 @@ def test_categorical_draw_matches_probabilities():
   np.testing.assert_allclose(freq, [0.5, 0.3, 0.15, 0.05], atol=0.015)
   top2 = sampling.sample_logits(logits, jax.random.key(1), jnp.float32(1.0), jnp.float32(1.0), 2)
   assert set(np.asarray(top2).tolist()) == {0, 1}
+
+
+def test_blocked_categorical_draw_across_blocks():
+  # 600 tokens = 2 full blocks of 256 + a partial one; mass on block edges and in the last block.
+  probs = np.zeros(600)
+  probs[[0, 255, 256, 511, 512, 599]] = [0.1, 0.2, 0.15, 0.05, 0.3, 0.2]
+  logits = jnp.log(jnp.asarray(np.tile(probs, (20000, 1)), jnp.float32))
+  draws = np.asarray(sampling.sample_logits(logits, jax.random.key(2), jnp.float32(1.0),
+                                            jnp.float32(1.0), 0))
+  freq = np.bincount(draws, minlength=600) / 20000
+  np.testing.assert_allclose(freq, probs, atol=0.015)

@@ -64,12 +64,31 @@ def _top_p_filter(logits_BxV, top_p):
   return jnp.where(logits_BxV < threshold, -jnp.inf, logits_BxV)
 
 
-def _categorical(scaled_BxV, key):
-  """Exact categorical draw by inverse CDF: one uniform per row instead of V Gumbel variates
-  (5x cheaper per step at V=32k); masked (-inf) logits get probability 0."""
-  cdf = jnp.cumsum(jax.nn.softmax(scaled_BxV, axis=-1), axis=-1)
-  u = jax.random.uniform(key, (scaled_BxV.shape[0], 1), dtype=cdf.dtype) * cdf[:, -1:]
-  return jnp.minimum(jnp.sum(cdf < u, axis=-1), scaled_BxV.shape[-1] - 1)
+CATEGORICAL_BLOCK = 256
+
+
+def _categorical(scaled_BxV, key, block: int = CATEGORICAL_BLOCK):
+  """Exact categorical draw by a two-level inverse CDF: one uniform per row, unnormalised
+  probabilities summed per block of `block` tokens, a cumulative sum over the block totals picks
+  the block, then one over that block's tokens picks the token. A flat cumulative sum over the
+  whole vocabulary cost 4x (V=32k, 64 rows) to 8x (V=262k, 16 rows) more per decode step on CPU.
+  Masked (-inf) logits get probability 0."""
+  b, v = scaled_BxV.shape
+  block = min(block, v)
+  groups = -(-v // block)
+  padded = jnp.pad(scaled_BxV, ((0, 0), (0, groups * block - v)), constant_values=-jnp.inf)
+  weights_BxGxK = jnp.exp(padded - jnp.max(scaled_BxV, axis=-1, keepdims=True)).reshape(
+      b, groups, block)
+  totals_BxG = weights_BxGxK.sum(-1)
+  cdf_BxG = jnp.cumsum(totals_BxG, axis=-1)
+  u_Bx1 = jax.random.uniform(key, (b, 1), dtype=cdf_BxG.dtype) * cdf_BxG[:, -1:]
+  group_B = jnp.minimum(jnp.sum(cdf_BxG < u_Bx1, axis=-1), groups - 1)
+  below_Bx1 = (jnp.take_along_axis(cdf_BxG, group_B[:, None], -1)
+               - jnp.take_along_axis(totals_BxG, group_B[:, None], -1))
+  inner_BxK = below_Bx1 + jnp.cumsum(
+      jnp.take_along_axis(weights_BxGxK, group_B[:, None, None], 1)[:, 0], axis=-1)
+  index_B = jnp.minimum(jnp.sum(inner_BxK < u_Bx1, axis=-1), block - 1)
+  return jnp.minimum(group_B * block + index_B, v - 1)
 
 
 def sample_logits(logits_BxV, key, temperature, top_p, top_k: int):
