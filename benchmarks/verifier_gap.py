@@ -1,0 +1,174 @@
+"""Is there a generator-verifier gap on the task? Two diagnostics on a finished default workdir.
+
+  python benchmarks/verifier_gap.py --workdir=WD --mode=confidence      # ~10 min on 2 cores
+  python benchmarks/verifier_gap.py --workdir=WD --mode=more_labels     # ~25 min on 2 cores
+
+`confidence`: the generator's own probability of each pooled test sample (teacher-forced, one
+forward pass) used as a verifier score: the whole sample's probability, its least likely token,
+and its least likely step. If weighted / best-of-N selection with these scores does not beat
+majority at N=64, the errors are confident ones: the generator's knowledge cannot tell them apart.
+
+`more_labels`: an ORM (value head on the base backbone, as train_orm) trained on 12x the labelled
+solutions of the default prm_data (400 test problems x 64 pooled samples, final correctness),
+evaluated on the 100 other test problems. Test problems are used for training here ONLY to get
+many labelled samples without a new sampling run: it is an upper bound on what more labels buy,
+not a result to compare with eval_verifiers.
+
+Prints per-bin accuracy of majority vs the score-based selections (difficulty bins as calibrate).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), '..'))
+
+from configs import arith as arith_config  # noqa: E402
+from ttc_jax.model.transformer import Transformer  # noqa: E402
+from ttc_jax.pipeline import calibrate, common, sample, train_base  # noqa: E402
+from ttc_jax.tasks import arith  # noqa: E402
+from ttc_jax.training import data, objectives, trainer  # noqa: E402
+from ttc_jax.verifiers import evaluation, scoring, selection  # noqa: E402
+from ttc_jax.verifiers.evaluation import Method  # noqa: E402
+from ttc_jax.verifiers.steps import step_ends  # noqa: E402
+
+STAGE = 'verifier_gap'
+MAX_LEN = 384
+
+
+def _table(name, answer_ids, correct, bins, scores, methods, ns, draws, seed) -> dict:
+  rng = np.random.default_rng(seed)
+  out = {}
+  for n in ns:
+    subsets = evaluation.draw_subsets(rng, len(bins), correct.shape[1], n, draws(n))
+    acc = {m.name: evaluation.method_accuracy(m, answer_ids, correct, scores, subsets)
+           for m in methods}
+    acc['oracle'] = evaluation.oracle_accuracy(correct, subsets)
+    acc['pass@1'] = correct.mean(1)
+    for b in sorted(set(bins.tolist())):
+      m = bins == b
+      row = {k: float(v[m].mean()) for k, v in acc.items()}
+      out[f'N={n} bin={b}'] = row
+      print(f'{name} N={n} bin {b} ({int(m.sum())} problems) ' +
+            ' '.join(f'{k}={v:.3f}' for k, v in row.items()), flush=True)
+  return out
+
+
+def confidence(config, workdir, recs, tok, prompts, answer_ids, correct, bins) -> dict:
+  model, params = train_base.load_model(config, workdir, config.model_name, STAGE)
+
+  @jax.jit
+  def token_logprobs(params, tokens):
+    logits = Transformer(model).apply({'params': params}, tokens).logits.astype(jnp.float32)
+    lp = jax.nn.log_softmax(logits, -1)
+    return jnp.take_along_axis(lp[:, :-1], tokens[:, 1:, None], -1)[..., 0]
+
+  rows = [(prompts[r['id']], tok.encode(t, add_eos=True), i, k)
+          for i, r in enumerate(recs) for k, t in enumerate(r['completions'])]
+  p, k = correct.shape
+  whole, min_token, min_step = np.zeros((p, k)), np.zeros((p, k)), np.zeros((p, k))
+  delimiter = tok.id_of(arith.STEP_DELIMITER)
+  batch, t0 = 128, time.perf_counter()
+  for s in range(0, len(rows), batch):
+    chunk = rows[s:s + batch]
+    tokens = np.zeros((batch, MAX_LEN), np.int32)
+    for j, (pr, c, _, _) in enumerate(chunk):
+      seq = (pr + c)[:MAX_LEN]
+      tokens[j, :len(seq)] = seq
+    lp = np.asarray(token_logprobs(params, tokens))
+    for j, (pr, c, i, kk) in enumerate(chunk):
+      a = lp[j, len(pr) - 1:len(pr) - 1 + len(c)]
+      whole[i, kk], min_token[i, kk] = a.sum(), a.min()
+      steps, cur = [], 0.0
+      for t, v in zip(c, a):
+        cur += v
+        if t == delimiter:
+          steps.append(cur)
+          cur = 0.0
+      steps.append(cur)
+      min_step[i, kk] = min(steps)
+    if s % (batch * 50) == 0:
+      print(f'{STAGE}: {s}/{len(rows)} samples, {time.perf_counter() - t0:.0f}s', flush=True)
+  scores = {'min_token': np.exp(min_token), 'whole': np.exp(whole), 'min_step': np.exp(min_step)}
+  methods = [Method('majority', 'majority')]
+  methods += [Method(f'weighted_{s}', 'weighted', s) for s in scores]
+  methods += [Method(f'bon_{s}', 'best_of_n', s) for s in scores]
+  return _table('confidence', answer_ids, correct, bins, scores, methods, (16, 64),
+                lambda n: 50 if n < 64 else 1, 0)
+
+
+def more_labels(config, workdir, recs, tok, prompts, answer_ids, correct, bins, steps,
+                out_dir) -> dict:
+  model, backbone = train_base.load_model(config, workdir, config.model_name, STAGE)
+  perm = np.random.default_rng(0).permutation(len(recs))
+  train_idx, test_idx = perm[:400], perm[400:]
+  delimiter, eos = tok.id_of(arith.STEP_DELIMITER), tok.eos_id
+  ps, cs, values = [], [], []
+  for i in train_idx:
+    r = recs[i]
+    for t, ok in zip(r['completions'], r['correct']):
+      c = tok.encode(t, add_eos=True)
+      if len(prompts[r['id']]) + len(c) > 320:
+        continue
+      ps.append(prompts[r['id']])
+      cs.append(c)
+      values.append({step_ends(c, delimiter, eos)[-1]: float(ok)})
+  ex = data.pack(ps, cs, 320, values=values)
+  print(f'{STAGE}: {ex.size} labelled solutions', flush=True)
+  cfg = trainer.default_config()
+  cfg.update(dict(steps=steps, batch_size=64, learning_rate=5e-4, warmup_steps=50,
+                  log_every=100, checkpoint_every=steps))
+  cfg.max_len = 320
+  objective = objectives.ValueRegression(model)
+  init = objective.init(jax.random.key(0), backbone=backbone)
+  params = trainer.train(objective, ex, cfg, out_dir, 'orm_more_labels', init_params=init)
+  scorer = scoring.Scorer(model, delimiter_id=delimiter, eos_id=eos)
+  k = correct.shape[1]
+  sc = np.zeros((len(test_idx), k))
+  for j, i in enumerate(test_idx):
+    r = recs[i]
+    s = scorer.score(params, [prompts[r['id']]] * k,
+                     [tok.encode(t, add_eos=True) for t in r['completions']])
+    sc[j] = [x[-1] for x in s]
+  methods = [Method('majority', 'majority'), Method('weighted', 'weighted', 'orm'),
+             Method('bon', 'best_of_n', 'orm')]
+  return _table('more_labels', answer_ids[test_idx], correct[test_idx], bins[test_idx],
+                {'orm': sc}, methods, (4, 16, 64), lambda n: 100 if n < 64 else 1, 1)
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument('--workdir', required=True)
+  parser.add_argument('--mode', choices=('confidence', 'more_labels'), required=True)
+  parser.add_argument('--steps', type=int, default=1500, help='more_labels: ORM training steps')
+  parser.add_argument('--json', default=None)
+  args = parser.parse_args()
+  config = arith_config.get_config(None)
+  recs = sample.load_samples(config, args.workdir, STAGE)
+  tok = common.load_tokenizer(args.workdir, STAGE)
+  problems = common.load_problems(config, args.workdir, config.sample.split, STAGE)
+  prompts = {p.id: common.encode_example(tok, p)[0] for p in problems}
+  answer_ids = np.stack([selection.answer_ids([arith.extract_answer(t) for t in r['completions']])
+                         for r in recs])
+  correct = np.array([r['correct'] for r in recs], bool)
+  bins = calibrate.difficulty_bins(correct.mean(1), config.calibrate.num_bins)
+  if args.mode == 'confidence':
+    result = confidence(config, args.workdir, recs, tok, prompts, answer_ids, correct, bins)
+  else:
+    result = more_labels(config, args.workdir, recs, tok, prompts, answer_ids, correct, bins,
+                         args.steps, os.path.join(args.workdir, 'verifier_gap_orm'))
+  if args.json:
+    with open(args.json, 'w') as f:
+      json.dump({'mode': args.mode, 'workdir': args.workdir, 'table': result}, f, indent=1)
+
+
+if __name__ == '__main__':
+  main()
