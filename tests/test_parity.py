@@ -5,9 +5,6 @@ prompts of benchmarks/parity_gemma.py (regenerate it there). Here our model repr
 """
 
 import functools
-import importlib.util
-import json
-import pathlib
 
 import flax.linen as nn
 import jax
@@ -15,30 +12,18 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import fixture_files
 from ttc_jax.model import transformer as tr
 
-_ROOT = pathlib.Path(__file__).resolve().parents[1]
+_ROOT = fixture_files.ROOT
 FIXTURE = _ROOT / 'tests' / 'fixtures' / 'gemma_parity.npz'
 RTOL = 1e-4
 
-
-def _load_bench():
-  """benchmarks/parity_gemma.py owns the configs, params and prompts; its gemma part is lazy."""
-  spec = importlib.util.spec_from_file_location('parity_gemma', _ROOT / 'benchmarks' /
-                                                'parity_gemma.py')
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+bench = fixture_files.load_benchmark('parity_gemma')
 
 
-bench = _load_bench()
-
-
-@functools.cache
 def _fixture() -> tuple[dict, dict[str, np.ndarray]]:
-  with np.load(FIXTURE) as f:
-    arrays = {k: f[k] for k in f.files}
-  return json.loads(str(arrays.pop('spec'))), arrays
+  return fixture_files.read_fixture(FIXTURE)
 
 
 NAMES = sorted(_fixture()[0]['configs'])

