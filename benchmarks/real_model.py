@@ -6,8 +6,9 @@ vs llama.cpp (llama-cpp-python), same file, batch 1 and 16, in one run.
 Workload: one GSM8K prompt (BOS + question, ~60 tokens); B samples of it, `--new_tokens` each at
 temperature 1 over the full vocabulary, no early stop; tokens/s = B * new_tokens / wall time of
 the whole call (prefill included), best of `--repeats` after a warm-up call. Ours and
-transformers run the GGUF dequantized to fp32 (bitwise the same tensors); `ttc_jax-bf16` is ours
-on the same tensors rounded to bf16 (its prompt logits' max error vs fp32 is reported beside it);
+transformers run the GGUF dequantized to fp32 (bitwise the same tensors); `ttc_jax-bf16w` is ours
+with the matmul weights rounded to bf16 (config `weight_dtype='bfloat16'`: activations, norms,
+cache and accumulation stay fp32; its prompt logits' max error vs fp32 is reported beside it);
 llama.cpp runs its own
 Q4_K/Q5_0/Q6_K/Q8_0 kernels on the quantized file (what it is for). Batch 16 in llama.cpp: one
 llama_decode of the prompt shared by 16 sequences, then one 16-token llama_decode per step.
@@ -27,10 +28,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from ttc_jax.model import gguf_import
-from ttc_jax.model.transformer import Transformer
+from ttc_jax.model.transformer import Transformer, cast_params
 from ttc_jax.sampling.sampler import Sampler
 
-SYSTEMS = ('ttc_jax', 'ttc_jax-bf16', 'transformers', 'llama.cpp')
+SYSTEMS = ('ttc_jax', 'ttc_jax-bf16w', 'transformers', 'llama.cpp')
 
 
 def prompt_text() -> str:
@@ -41,13 +42,13 @@ def prompt_text() -> str:
 
 
 class Ours:
-  """Our sampler on the dequantized weights: fp32, or rounded to bf16 (config dtype bfloat16:
-  bf16 weights, activations and cache; decode reads half the bytes)."""
+  """Our sampler on the dequantized weights: fp32, or with the matmul weights rounded to bf16
+  (`weight_dtype`; a decode step is bound by reading the weights, and bf16 halves the bytes)."""
 
-  def __init__(self, path: str, dtype: str = 'float32'):
+  def __init__(self, path: str, weight_dtype: str | None = None):
     model = gguf_import.load(path)
-    self.config = dataclasses.replace(model.config, dtype=dtype)
-    self.params = jax.tree.map(lambda x: jnp.asarray(x, dtype), model.params)
+    self.config = dataclasses.replace(model.config, weight_dtype=weight_dtype)
+    self.params = cast_params(model.params, self.config)
     self.sampler = Sampler(self.config)
 
   def generate(self, prompt: list[int], batch: int, new_tokens: int, seed: int) -> np.ndarray:
@@ -58,7 +59,7 @@ class Ours:
 
 
 def bf16_error(path: str, bf16: Ours, prompt: list[int]) -> float:
-  """max |logits_bf16 - logits_fp32| / max |logits_fp32| over the prompt's positions."""
+  """max |logits_bf16w - logits_fp32| / max |logits_fp32| over the prompt's positions."""
   fp32 = Ours(path)
   tokens = jnp.asarray([prompt], jnp.int32)
   ref = Transformer(fp32.config).apply({'params': fp32.params}, tokens).logits
@@ -161,7 +162,7 @@ def main():
   systems = args.systems.split(',')
   tok = gguf_import.load_tokenizer(path)
   prompt = [tok.bos_id] + tok.encode(prompt_text())
-  makers = {'ttc_jax': lambda: Ours(path), 'ttc_jax-bf16': lambda: Ours(path, 'bfloat16'),
+  makers = {'ttc_jax': lambda: Ours(path), 'ttc_jax-bf16w': lambda: Ours(path, 'bfloat16'),
             'transformers': lambda: Transformers(path),
             'llama.cpp': lambda: LlamaCpp(path, max(batches),
                                          len(prompt) + max(batches) * args.new_tokens + 64)}
@@ -170,7 +171,7 @@ def main():
     t0 = time.perf_counter()
     system = makers[name]()
     results[name] = {'load_s': time.perf_counter() - t0}
-    if name == 'ttc_jax-bf16':
+    if name == 'ttc_jax-bf16w':
       results[name]['prompt_logits_max_rel_err_vs_fp32'] = bf16_error(path, system, prompt)
       print(f'{name}: prompt logits max error vs fp32 '
             f'{results[name]["prompt_logits_max_rel_err_vs_fp32"]:.2e} of the largest logit')
@@ -196,13 +197,13 @@ def main():
       ours = results.get('ttc_jax', {}).get(f'batch{b}', {}).get('tokens_per_s', float('nan'))
       row += f'{r:>13.1f}{ours / r:>8.2f}'
     print(row)
-  bf16 = results.get('ttc_jax-bf16', {})
+  bf16 = results.get('ttc_jax-bf16w', {})
   for b in batches:
     for peer in ('transformers', 'llama.cpp'):
       if f'batch{b}' in bf16 and peer in results:
         ratio = bf16[f'batch{b}']['tokens_per_s'] / results[peer][f'batch{b}']['tokens_per_s']
         bf16[f'batch{b}'][f'ratio_vs_{peer}'] = ratio
-        print(f'ttc_jax-bf16 / {peer} at B={b}: {ratio:.2f}')
+        print(f'ttc_jax-bf16w / {peer} at B={b}: {ratio:.2f}')
   if args.json:
     os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
     with open(args.json, 'w') as f:

@@ -13,6 +13,9 @@ Variants (`--config=configs/gemma3_270m_gsm8k.py:VARIANT`):
   tiny     seconds-long runs for tests (2 problems, 2 samples, 8 new tokens).
 `--config.model.gguf=FILE` imports another Gemma 3 GGUF; `--config.model.hf_dir=DIR` a HF
 safetensors checkpoint (config.json, model.safetensors, tokenizer.model).
+`--config.model.weight_dtype=bfloat16` keeps the matmul weights in bf16 (activations, cache and
+accumulation stay fp32): half the bytes per decode step, 1.7x the tokens/s at batch 16 on a 2-core
+CPU (BUILD.md), logits within 6.5e-3 of the largest fp32 logit.
 """
 
 import ml_collections
@@ -30,7 +33,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.seed = 0
   c.model_name = 'gemma3_270m'
   c.model = ml_collections.ConfigDict(dict(name='gemma3_270m', gguf='', hf_dir='',
-                                           dtype='float32'))
+                                           dtype='float32', weight_dtype=''))
   c.task = ml_collections.ConfigDict(dict(name='gsm8k', data_dir='', num_shots=4))
   c.sample = ml_collections.ConfigDict(dict(
       split='test', num_samples=16, temperature=0.7, top_k=0, top_p=1.0, max_new_tokens=256,

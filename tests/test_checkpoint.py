@@ -67,3 +67,12 @@ def test_truncated_checkpoint_is_a_one_line_error(tmp_path):
 def test_missing_directory(tmp_path):
   with pytest.raises(FileNotFoundError, match='does not exist'):
     ckpt.load_params(str(tmp_path / 'nope'), CONFIG)
+
+
+def test_load_casts_to_the_configs_weight_dtype(tmp_path):
+  ckpt.save_params(str(tmp_path / 'c'), PARAMS)
+  config16 = cfg_lib.get_config('tiny_gemma3', weight_dtype='bfloat16')
+  loaded = ckpt.load_params(str(tmp_path / 'c'), config16)
+  assert loaded['embedder']['input_embedding'].dtype == np.dtype('bfloat16')
+  assert loaded['final_norm']['scale'].dtype == np.float32
+  assert _equal(loaded, tr.cast_params(PARAMS, config16))

@@ -104,3 +104,20 @@ def test_official_tree_names():
 def test_unknown_config_name():
   with pytest.raises(ValueError, match=r"unknown model config 'gemma9_1b'; expected one of"):
     cfg_lib.get_config('gemma9_1b')
+
+
+@pytest.mark.parametrize('name', GENERATIONS)
+def test_bf16_weights_keep_fp32_activations(name):
+  config, params = _params(name)
+  config16 = cfg_lib.get_config(name, weight_dtype='bfloat16')
+  params16 = tr.cast_params(params, config16)
+  kinds = {path[-1].key: leaf.dtype for path, leaf in jax.tree_util.tree_leaves_with_path(params16)}
+  assert kinds['scale'] == jnp.float32  # norms keep the activation dtype
+  assert kinds['input_embedding'] == kinds['w'] == kinds['linear'] == jnp.bfloat16
+  assert kinds['gating_einsum'] == jnp.bfloat16
+  tokens = _tokens(2, 12, config.vocab_size)
+  ref = tr.Transformer(config).apply({'params': params}, tokens).logits
+  out = tr.Transformer(config16).apply({'params': params16}, tokens)
+  assert out.logits.dtype == jnp.float32
+  err = float(jnp.max(jnp.abs(out.logits - ref)) / jnp.max(jnp.abs(ref)))
+  assert 0 < err < 2e-2, err  # rounded, but only by bf16's 8-bit mantissa

@@ -78,3 +78,16 @@ def test_import_sample_calibrate_on_the_real_model(tmp_path):
   mtime = shard.stat().st_mtime_ns
   result = launch(tmp_path, 'sample')
   assert result.returncode == 0 and shard.stat().st_mtime_ns == mtime  # finished shards kept
+
+
+def test_weight_dtype_option_reaches_the_model_config():
+  spec = importlib.util.spec_from_file_location('cfg', os.path.join(ROOT, 'configs',
+                                                                    'gemma3_270m_gsm8k.py'))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  from ttc_jax.pipeline import import_model  # pylint: disable=g-import-not-at-top
+  config = module.get_config('tiny')
+  assert import_model.model_config_for(config).param_dtype == 'float32'
+  config.model.weight_dtype = 'bfloat16'
+  model = import_model.model_config_for(config)
+  assert (model.dtype, model.param_dtype) == ('float32', 'bfloat16')

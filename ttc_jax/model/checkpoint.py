@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
@@ -89,9 +88,7 @@ def load_params(path: str, config: TransformerConfig):
     raise ValueError(f'checkpoint {path} could not be read ({type(e).__name__}: '
                      f'{str(e).splitlines()[0][:200]}); expected a complete orbax checkpoint '
                      '(re-save it, or point to another step)') from None
-  params = _nest(_as_dict(restored))
-  dtype = jnp.dtype(config.dtype)
-  return jax.tree.map(lambda x: jnp.asarray(np.asarray(x), dtype), params)
+  return transformer.cast_params(_nest(_as_dict(restored)), config)
 
 
 def _as_dict(tree):

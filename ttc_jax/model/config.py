@@ -36,7 +36,11 @@ class TransformerConfig:
   global_base_frequency: int = 10_000
   local_scale_factor: float = 1.0
   global_scale_factor: float = 1.0
-  dtype: str = 'float32'
+  dtype: str = 'float32'  # activations, norms, KV cache, logits
+  # Storage dtype of the matmul weights (embedding and every projection); None: `dtype`. With
+  # 'bfloat16' under an fp32 `dtype`, each matmul reads bf16 weights (half the bytes: CPU decode
+  # is bound by reading them) with its input rounded to bf16, and accumulates in fp32.
+  weight_dtype: str | None = None
 
   def __post_init__(self):
     if self.num_heads % self.num_kv_heads:
@@ -44,6 +48,10 @@ class TransformerConfig:
           f'num_heads={self.num_heads} is not a multiple of num_kv_heads={self.num_kv_heads}.')
     if AttentionType.LOCAL_SLIDING in self.attention_types and not self.sliding_window_size:
       raise ValueError('local sliding layers need sliding_window_size > 0.')
+
+  @property
+  def param_dtype(self) -> str:
+    return self.weight_dtype or self.dtype
 
   @property
   def num_layers(self) -> int:

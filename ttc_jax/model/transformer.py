@@ -80,6 +80,11 @@ def apply_rope(x_BxTxNxH: jax.Array, positions_BxT: jax.Array, base: int,
   return out.astype(x_BxTxNxH.dtype)
 
 
+def _mm(spec: str, x: jax.Array, w: jax.Array) -> jax.Array:
+  """einsum of activations x with weights w: x rounded to w's dtype, result in x's dtype."""
+  return jnp.einsum(spec, x.astype(w.dtype), w, preferred_element_type=x.dtype)
+
+
 class RMSNorm(nn.Module):
 
   @nn.compact
@@ -105,7 +110,7 @@ class HeadsIn(nn.Module):
     lead, (d, h) = self.shape[:-2], self.shape[-2:]
     m = math.prod(lead)
     x_MxBxTxD = jnp.broadcast_to(x_BxTxD, (m, *x_BxTxD.shape))
-    out = jnp.einsum('MBTD,MDH->MBTH', x_MxBxTxD, w.reshape(m, d, h))
+    out = _mm('MBTD,MDH->MBTH', x_MxBxTxD, w.reshape(m, d, h))
     return out.reshape(*lead, *out.shape[1:])
 
 
@@ -118,7 +123,8 @@ class HeadsOut(nn.Module):
   def __call__(self, x_BxTxNxH: jax.Array) -> jax.Array:
     w = self.param('w', nn.initializers.normal(), self.shape, jnp.dtype(self.dtype))
     n, h, d = self.shape
-    return jnp.dot(x_BxTxNxH.reshape(*x_BxTxNxH.shape[:-2], n * h), w.reshape(n * h, d))
+    return _mm('...E,ED->...D', x_BxTxNxH.reshape(*x_BxTxNxH.shape[:-2], n * h),
+               w.reshape(n * h, d))
 
 
 class Attention(nn.Module):
@@ -131,10 +137,10 @@ class Attention(nn.Module):
     c = self.config
     n, k, h, d = c.num_heads, c.num_kv_heads, c.head_dim, c.embed_dim
     if n == k:  # Official checkpoints fuse q, k and v when there is one kv head per query head.
-      q, key, value = HeadsIn((3, n, d, h), c.dtype, name='qkv_einsum')(x_BxTxD)
+      q, key, value = HeadsIn((3, n, d, h), c.param_dtype, name='qkv_einsum')(x_BxTxD)
     else:
-      q = HeadsIn((n, d, h), c.dtype, name='q_einsum')(x_BxTxD)
-      key, value = HeadsIn((2, k, d, h), c.dtype, name='kv_einsum')(x_BxTxD)
+      q = HeadsIn((n, d, h), c.param_dtype, name='q_einsum')(x_BxTxD)
+      key, value = HeadsIn((2, k, d, h), c.param_dtype, name='kv_einsum')(x_BxTxD)
     # [N or K, B, T, H] -> [B, T, N or K, H]
     q, key, value = (a.transpose(1, 2, 0, 3) for a in (q, key, value))
     if c.use_qk_norm:
@@ -167,7 +173,7 @@ class Attention(nn.Module):
     probs = jax.nn.softmax(logits, axis=-1).astype(value.dtype)
     encoded = jnp.einsum('BKGTS,BKSH->BKGTH', probs, value)
     encoded = encoded.transpose(0, 3, 1, 2, 4).reshape(b, t, n, h)
-    out = HeadsOut((n, h, d), c.dtype, name='attn_vec_einsum')(encoded)
+    out = HeadsOut((n, h, d), c.param_dtype, name='attn_vec_einsum')(encoded)
     return out, new_cache
 
 
@@ -177,19 +183,19 @@ class FeedForward(nn.Module):
   @nn.compact
   def __call__(self, x_BxTxD):
     c = self.config
-    init, dtype = nn.initializers.normal(), jnp.dtype(c.dtype)
+    init, dtype = nn.initializers.normal(), jnp.dtype(c.param_dtype)
     if c.transpose_gating_einsum:
       w = self.param('gating_einsum', init, (2, c.hidden_dim, c.embed_dim), dtype)
       # x @ W^T with W viewed as [2*hidden, D]: XLA:CPU uses this layout as is, while the einsum
       # made it copy the weight transposed inside the decode loop on every step (37% of time).
-      gate = jnp.dot(x_BxTxD, w.reshape(2 * c.hidden_dim, c.embed_dim).T)
+      gate = _mm('...D,HD->...H', x_BxTxD, w.reshape(2 * c.hidden_dim, c.embed_dim))
       gate = gate.reshape(*x_BxTxD.shape[:-1], 2, c.hidden_dim)
     else:
       w = self.param('gating_einsum', init, (2, c.embed_dim, c.hidden_dim), dtype)
-      gate = jnp.einsum('...F,NFH->...NH', x_BxTxD, w)
+      gate = _mm('...F,NFH->...NH', x_BxTxD, w)
     act = nn.gelu(gate[..., 0, :]) * gate[..., 1, :]
     linear = self.param('linear', init, (c.hidden_dim, c.embed_dim), dtype)
-    return jnp.einsum('...H,HF->...F', act, linear)
+    return _mm('...H,HF->...F', act, linear)
 
 
 class Block(nn.Module):
@@ -216,14 +222,14 @@ class Embedder(nn.Module):
   def setup(self):
     c = self.config
     self.input_embedding = self.param('input_embedding', nn.initializers.normal(),
-                                      (c.vocab_size, c.embed_dim), jnp.dtype(c.dtype))
+                                      (c.vocab_size, c.embed_dim), jnp.dtype(c.param_dtype))
 
   def encode(self, tokens):
-    x = self.input_embedding[(tokens,)]
+    x = self.input_embedding[(tokens,)].astype(self.config.dtype)
     return x * jnp.sqrt(self.config.embed_dim).astype(x.dtype)
 
   def decode(self, x):
-    return jnp.dot(x, self.input_embedding.T)
+    return _mm('...D,VD->...V', x, self.input_embedding)
 
 
 def _masks(valid_BxS, slot_pos_BxS, positions_BxT, start, t, window):
@@ -316,6 +322,11 @@ def param_shapes(config: TransformerConfig) -> dict:
   """Parameter tree of ShapeDtypeStructs, computed without allocating memory."""
   return jax.eval_shape(lambda k: Transformer(config).init(k, jnp.ones((1, 1), jnp.int32))[
       'params'], jax.random.key(0))
+
+
+def cast_params(params: dict, config: TransformerConfig) -> dict:
+  """Each parameter in the dtype `config` declares for it (weight_dtype for matmul weights)."""
+  return jax.tree.map(lambda x, s: jnp.asarray(x, s.dtype), params, param_shapes(config))
 
 
 def count_params(tree) -> int:

@@ -63,11 +63,17 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
   logging.info('import_model: %s (%d params) from %s -> %s', m.name, n_params, source, directory)
 
 
+def model_config_for(config: ml_collections.ConfigDict) -> TransformerConfig:
+  """The architecture config.model names, in its dtype and weight_dtype ('' = dtype)."""
+  return get_config(config.model.name, dtype=config.model.dtype,
+                    weight_dtype=config.model.get('weight_dtype') or None)
+
+
 def load_model(config: ml_collections.ConfigDict, workdir: str, stage: str
                ) -> tuple[TransformerConfig, dict, Tokenizer]:
   """(model config, params, tokenizer) of a finished import, in config.model.dtype."""
   name = config.model_name
   common.require(common.model_info_path(workdir, name), stage, 'import_model')
-  model_config = get_config(config.model.name, dtype=config.model.dtype)
+  model_config = model_config_for(config)
   params = checkpoint.load_params(params_path(workdir, name), model_config)
   return model_config, params, Tokenizer.load(tokenizer_path(workdir, name))

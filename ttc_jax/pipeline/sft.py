@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import shutil
 
-import jax
 
 import ml_collections
 from absl import logging
@@ -66,7 +65,7 @@ def load_model(config: ml_collections.ConfigDict, workdir: str, stage: str
   model = get_config(config.model.name)  # fp32 master weights
   params = trainer.load_params(common.model_dir(workdir, name),
                                objectives.LanguageModeling(model), config.sft.train)
-  model = get_config(config.model.name, dtype=config.model.dtype)
-  params = jax.tree.map(lambda x: x.astype(config.model.dtype), params)
+  model = import_model.model_config_for(config)
+  params = transformer.cast_params(params, model)
   return model, params, Tokenizer.load(
       import_model.tokenizer_path(workdir, name))
