@@ -1,7 +1,8 @@
-"""Is there a generator-verifier gap on the task? Two diagnostics on a finished default workdir.
+"""Is there a generator-verifier gap on the task? Three diagnostics on a finished default workdir.
 
   python benchmarks/verifier_gap.py --workdir=WD --mode=confidence      # ~10 min on 2 cores
   python benchmarks/verifier_gap.py --workdir=WD --mode=more_labels     # ~25 min on 2 cores
+  python benchmarks/verifier_gap.py --workdir=WD --mode=bon_picks       # seconds (after eval_verifiers)
 
 `confidence`: the generator's own probability of each pooled test sample (teacher-forced, one
 forward pass) used as a verifier score: the whole sample's probability, its least likely token,
@@ -14,7 +15,15 @@ evaluated on the 100 other test problems. Test problems are used for training he
 many labelled samples without a new sampling run: it is an upper bound on what more labels buy,
 not a result to compare with eval_verifiers.
 
-Prints per-bin accuracy of majority vs the score-based selections (difficulty bins as calibrate).
+`bon_picks`: what the PRM's best-of-N (`last`) picks from the whole pool of each test problem, using
+eval_verifiers' cached scores: how often it is right (vs pass@1), the within-problem AUC of the
+score for right vs wrong samples, the kind of the first wrong step (`arith.first_wrong_step`) in
+the picked wrong samples vs all wrong samples, and how often that wrong step made the expression
+*smaller* (sum of |numbers| below the correct step's), to test whether the PRM prefers errors
+that leave an easier-looking expression.
+
+The first two print per-bin accuracy of majority vs the score-based selections (difficulty bins as
+calibrate).
 """
 
 from __future__ import annotations
@@ -22,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import time
 
@@ -33,7 +43,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), '..'))
 
 from configs import arith as arith_config  # noqa: E402
 from ttc_jax.model.transformer import Transformer  # noqa: E402
-from ttc_jax.pipeline import calibrate, common, sample, train_base  # noqa: E402
+from ttc_jax.pipeline import calibrate, common, eval_verifiers, sample, train_base  # noqa: E402
 from ttc_jax.tasks import arith  # noqa: E402
 from ttc_jax.training import data, objectives, trainer  # noqa: E402
 from ttc_jax.verifiers import evaluation, scoring, selection  # noqa: E402
@@ -144,10 +154,55 @@ def more_labels(config, workdir, recs, tok, prompts, answer_ids, correct, bins, 
                 {'orm': sc}, methods, (4, 16, 64), lambda n: 100 if n < 64 else 1, 1)
 
 
+def _magnitude(expression: str) -> int:
+  return sum(abs(int(n)) for n in re.findall(r'-?\d+', expression))
+
+
+def bon_picks(config, workdir, recs, tok, prompts, correct, problems) -> dict:
+  def no_verifier(kind):
+    raise FileNotFoundError(f'no cached {kind} scores in {workdir}: run --mode=eval_verifiers first')
+
+  per_sample = eval_verifiers.score_samples(config, workdir, 'prm', recs, prompts, tok, no_verifier)
+  by_id = {p.id: p for p in problems}
+  picked_right, aucs = [], []
+  kinds = {'picked': [], 'all': []}
+  smaller = {'picked': [], 'all': []}
+  for rec, scores, right in zip(recs, per_sample, correct):
+    last = np.array([s[-1] if len(s) else -np.inf for s in scores])
+    valid = np.array([arith.extract_answer(t) is not None for t in rec['completions']])
+    last = np.where(valid, last, -np.inf)  # invalid answers never win, as in selection
+    pick = int(np.argmax(last))
+    picked_right.append(bool(right[pick]))
+    if right.any() and (~right).any():
+      pos, neg = last[right][:, None], last[~right][None, :]
+      aucs.append(float((pos > neg).mean() + 0.5 * (pos == neg).mean()))
+    for j in np.flatnonzero(~right & valid):
+      check = arith.first_wrong_step(by_id[rec['id']], rec['completions'][j])
+      if check.index is None:
+        continue
+      groups = ('all', 'picked') if j == pick else ('all',)
+      for g in groups:
+        kinds[g].append(check.kind)
+        if check.kind in ('arithmetic', 'copy') and check.got is not None:
+          smaller[g].append(_magnitude(check.got) < _magnitude(check.expected))
+  out = {'problems': len(recs), 'pass@1': float(correct.mean()),
+         'bon_picks_right': float(np.mean(picked_right)),
+         'within_problem_auc_mean': float(np.mean(aucs)), 'auc_problems': len(aucs)}
+  for g in ('picked', 'all'):
+    out[f'{g}_wrong'] = len(kinds[g])
+    for k in ('arithmetic', 'copy', 'structure'):
+      out[f'{g}_wrong_{k}'] = float(np.mean([x == k for x in kinds[g]])) if kinds[g] else 0.0
+    out[f'{g}_wrong_step_smaller'] = float(np.mean(smaller[g])) if smaller[g] else 0.0
+  for k, v in out.items():
+    print(f'{k:<32} {v:.3f}' if isinstance(v, float) else f'{k:<32} {v}')
+  return out
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--workdir', required=True)
-  parser.add_argument('--mode', choices=('confidence', 'more_labels'), required=True)
+  parser.add_argument('--mode', choices=('confidence', 'more_labels', 'bon_picks'),
+                      required=True)
   parser.add_argument('--steps', type=int, default=1500, help='more_labels: ORM training steps')
   parser.add_argument('--json', default=None)
   args = parser.parse_args()
@@ -160,7 +215,9 @@ def main():
                          for r in recs])
   correct = np.array([r['correct'] for r in recs], bool)
   bins = calibrate.difficulty_bins(correct.mean(1), config.calibrate.num_bins)
-  if args.mode == 'confidence':
+  if args.mode == 'bon_picks':
+    result = bon_picks(config, args.workdir, recs, tok, prompts, correct, problems)
+  elif args.mode == 'confidence':
     result = confidence(config, args.workdir, recs, tok, prompts, answer_ids, correct, bins)
   else:
     result = more_labels(config, args.workdir, recs, tok, prompts, answer_ids, correct, bins,
