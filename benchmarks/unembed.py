@@ -1,5 +1,6 @@
 """The real Gemma 3 270M's unembedding alone: [B, 640] x [262144, 640]^T per decode step, fp32 vs
-bf16 weights (bf16 x bf16 -> fp32 accumulation) vs bf16 weights upcast before the dot.
+bf16 weights (bf16 x bf16 -> fp32 accumulation; as an einsum and as x @ E.T) vs bf16 weights
+upcast before the dot.
 
   python benchmarks/unembed.py [--batch 16]
 
@@ -28,6 +29,8 @@ def main():
       'fp32 weights': (jax.jit(lambda x, e: jnp.einsum('bd,vd->bv', x, e)), e32),
       'bf16 weights, bf16 dot, fp32 accumulate': (jax.jit(lambda x, e: jnp.einsum(
           'bd,vd->bv', x.astype(jnp.bfloat16), e, preferred_element_type=jnp.float32)), e16),
+      'bf16 weights, bf16 x @ E.T, fp32 accumulate': (jax.jit(lambda x, e: jnp.dot(
+          x.astype(jnp.bfloat16), e.T, preferred_element_type=jnp.float32)), e16),
       'bf16 weights upcast to fp32, then dot': (jax.jit(lambda x, e: jnp.einsum(
           'bd,vd->bv', x, e.astype(jnp.float32))), e16),
   }
@@ -39,7 +42,7 @@ def main():
       f(x, e).block_until_ready()
       times.append(time.perf_counter() - t0)
     t = float(np.median(times))
-    print(f'{name:<42} {t * 1e3:7.1f} ms  {e.nbytes / t / 1e9:5.1f} GB/s of weights')
+    print(f'{name:<46} {t * 1e3:7.1f} ms  {e.nbytes / t / 1e9:5.1f} GB/s of weights')
 
 
 if __name__ == '__main__':

@@ -1,0 +1,87 @@
+"""Where a decode step's time goes: the sampling benchmark's workload under jax.profiler, per kind
+of compiled XLA:CPU op (dot fusions, slice copies, ...).
+
+  python benchmarks/profile_decode.py [--config bench_gemma3_100m --batch 64 --new_tokens 128]
+
+One warm-up call, then one profiled call of `Sampler.sample`; the trace's per-op durations are
+summed by op name with the numeric suffix stripped (`ynn_fusion.137` -> `ynn_fusion`: XLA:CPU's
+matmul fusions) and printed as a share of all op time. Writes the raw trace under --trace_dir.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import glob
+import gzip
+import json
+import os
+import re
+import sys
+import tempfile
+import time
+
+import jax
+import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), '..'))
+
+from ttc_jax.model import config as cfg_lib  # noqa: E402
+from ttc_jax.model import transformer  # noqa: E402
+from ttc_jax.sampling.sampler import Sampler  # noqa: E402
+
+# Trace events that wrap or wait for ops rather than being one.
+_WRAPPERS = ('ThunkExecutor', 'SlinkyThreadPool', 'end: ')
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument('--config', default='bench_gemma3_100m')
+  parser.add_argument('--batch', type=int, default=64)
+  parser.add_argument('--prompt_len', type=int, default=64)
+  parser.add_argument('--new_tokens', type=int, default=128)
+  parser.add_argument('--top', type=int, default=8)
+  parser.add_argument('--trace_dir', default=None)
+  args = parser.parse_args()
+  config = cfg_lib.get_config(args.config)
+  params = transformer.init_params(config, jax.random.key(0))
+  sampler = Sampler(config)
+  prompt = list(range(2, 2 + args.prompt_len))
+
+  def call():
+    out = sampler.sample(params, [prompt], key=jax.random.key(0), max_new_tokens=args.new_tokens,
+                         num_samples=args.batch, temperature=1.0, stop_tokens=[])
+    return np.asarray(out.tokens)
+
+  call()
+  trace_dir = args.trace_dir or tempfile.mkdtemp(prefix='profile_decode_')
+  t0 = time.perf_counter()
+  with jax.profiler.trace(trace_dir):
+    call()
+  wall = time.perf_counter() - t0
+  files = sorted(glob.glob(os.path.join(trace_dir, '**', '*.trace.json.gz'), recursive=True))
+  if not files:
+    raise RuntimeError(f'jax.profiler wrote no trace under {trace_dir}')
+  with gzip.open(files[-1]) as f:
+    events = json.load(f)['traceEvents']
+  total, count = collections.Counter(), collections.Counter()
+  for e in events:
+    name = e.get('name', '')
+    if e.get('ph') != 'X' or name.startswith('$') or name.startswith(_WRAPPERS):
+      continue
+    kind = re.sub(r'[.\d]+$', '', name)
+    total[kind] += e['dur']
+    count[kind] += 1
+  all_ops = sum(total.values())
+  steps = args.new_tokens - 1
+  print(f'{args.config}: {args.batch} x {args.new_tokens} new tokens, profiled call {wall:.2f} s '
+        f'(with tracing), op time {all_ops / 1e6:.2f} s, {all_ops / 1e3 / steps:.1f} ms per '
+        'decode step (prefill included)')
+  print(f'{"op kind":<40} {"ms":>9} {"calls":>7} {"share":>7}')
+  for kind, us in total.most_common(args.top):
+    print(f'{kind:<40} {us / 1e3:9.1f} {count[kind]:7d} {us / all_ops:7.1%}')
+  print('trace:', files[-1])
+
+
+if __name__ == '__main__':
+  main()
