@@ -147,7 +147,7 @@ def more_labels(config, workdir, recs, tok, prompts, answer_ids, correct, bins, 
     r = recs[i]
     s = scorer.score(params, [prompts[r['id']]] * k,
                      [tok.encode(t, add_eos=True) for t in r['completions']])
-    sc[j] = [x[-1] for x in s]
+    sc[j] = eval_verifiers.candidate_scores([s])['last'][0]
   methods = [Method('majority', 'majority'), Method('weighted', 'weighted', 'orm'),
              Method('bon', 'best_of_n', 'orm')]
   return _table('more_labels', answer_ids[test_idx], correct[test_idx], bins[test_idx],
@@ -158,25 +158,24 @@ def _magnitude(expression: str) -> int:
   return sum(abs(int(n)) for n in re.findall(r'-?\d+', expression))
 
 
-def bon_picks(config, workdir, recs, tok, prompts, correct, problems) -> dict:
+def bon_picks(config, workdir, recs, tok, prompts, answer_ids, correct, problems) -> dict:
   def no_verifier(kind):
     raise FileNotFoundError(f'no cached {kind} scores in {workdir}: run --mode=eval_verifiers first')
 
   per_sample = eval_verifiers.score_samples(config, workdir, 'prm', recs, prompts, tok, no_verifier)
+  last = eval_verifiers.candidate_scores(per_sample)['last']
+  picks = selection.select_index(answer_ids, last, 'best_of_n')  # -1: no valid answer
   by_id = {p.id: p for p in problems}
-  picked_right, aucs = [], []
+  picked_right = [pick >= 0 and bool(right[pick]) for pick, right in zip(picks, correct)]
+  aucs = []
   kinds = {'picked': [], 'all': []}
   smaller = {'picked': [], 'all': []}
-  for rec, scores, right in zip(recs, per_sample, correct):
-    last = np.array([s[-1] if len(s) else -np.inf for s in scores])
-    valid = np.array([arith.extract_answer(t) is not None for t in rec['completions']])
-    last = np.where(valid, last, -np.inf)  # invalid answers never win, as in selection
-    pick = int(np.argmax(last))
-    picked_right.append(bool(right[pick]))
+  for rec, scores, right, ids, pick in zip(recs, last, correct, answer_ids, picks):
+    scores = np.where(ids >= 0, scores, -np.inf)  # invalid answers rank last, as in selection
     if right.any() and (~right).any():
-      pos, neg = last[right][:, None], last[~right][None, :]
+      pos, neg = scores[right][:, None], scores[~right][None, :]
       aucs.append(float((pos > neg).mean() + 0.5 * (pos == neg).mean()))
-    for j in np.flatnonzero(~right & valid):
+    for j in np.flatnonzero(~right & (ids >= 0)):
       check = arith.first_wrong_step(by_id[rec['id']], rec['completions'][j])
       if check.index is None:
         continue
@@ -216,7 +215,7 @@ def main():
   correct = np.array([r['correct'] for r in recs], bool)
   bins = calibrate.difficulty_bins(correct.mean(1), config.calibrate.num_bins)
   if args.mode == 'bon_picks':
-    result = bon_picks(config, args.workdir, recs, tok, prompts, correct, problems)
+    result = bon_picks(config, args.workdir, recs, tok, prompts, answer_ids, correct, problems)
   elif args.mode == 'confidence':
     result = confidence(config, args.workdir, recs, tok, prompts, answer_ids, correct, bins)
   else:

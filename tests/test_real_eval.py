@@ -10,7 +10,8 @@ import sys
 import numpy as np
 import pytest
 
-from ttc_jax.pipeline import real_eval
+from configs import gemma3_270m_gsm8k
+from ttc_jax.pipeline import import_model, real_eval
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = 'configs/gemma3_270m_gsm8k.py:tiny'
@@ -81,12 +82,7 @@ def test_import_sample_calibrate_on_the_real_model(tmp_path):
 
 
 def test_weight_dtype_option_reaches_the_model_config():
-  spec = importlib.util.spec_from_file_location('cfg', os.path.join(ROOT, 'configs',
-                                                                    'gemma3_270m_gsm8k.py'))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  from ttc_jax.pipeline import import_model  # pylint: disable=g-import-not-at-top
-  config = module.get_config('tiny')
+  config = gemma3_270m_gsm8k.get_config('tiny')
   assert import_model.model_config_for(config).param_dtype == 'float32'
   config.model.weight_dtype = 'bfloat16'
   model = import_model.model_config_for(config)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import shutil
 
-
 import ml_collections
 from absl import logging
 
