@@ -126,6 +126,41 @@ def test_corrupt_checkpoint(full_run, tmp_path):
   _one_line_error(launch(tmp_path / 'wd', mode='train_base'), 'is corrupt or does not match')
 
 
+def test_second_model_is_binned_by_the_base_models_difficulty(full_run, tmp_path):
+  """`large` is calibrated on the base model's bins: same problems per bin, base pass@1 alongside."""
+  import shutil
+  from configs.arith import get_config
+  from ttc_jax.pipeline import calibrate
+  workdir = tmp_path / 'wd'
+  for sub in ('data', 'samples/base'):
+    shutil.copytree(full_run / sub, workdir / sub)
+  base_calib = json.loads((full_run / 'calibration.json').read_text())
+  # The second model gets every grade flipped: its own easiest problems are the base's hardest.
+  (workdir / 'samples' / 'large' / 'test').mkdir(parents=True)
+  for shard in (workdir / 'samples' / 'base' / 'test').glob('*.jsonl'):
+    recs = [json.loads(line) for line in shard.read_text().splitlines() if line]
+    for r in recs:
+      r['correct'] = [not c for c in r['correct']]
+    (workdir / 'samples' / 'large' / 'test' / shard.name).write_text(
+        '\n'.join(json.dumps(r) for r in recs) + '\n')
+  config = get_config('tiny')
+  config.model_name = 'large'
+  calibrate.run(config, str(workdir))
+  calib = json.loads((workdir / 'calibration_large.json').read_text())
+  assert calib['bins_by'] == 'base'
+  for b, row in calib['bins'].items():
+    base_row = base_calib['bins'][b]
+    assert row['num_problems'] == base_row['num_problems']
+    assert row['base_pass@1'] == pytest.approx(base_row['pass@1'])
+    assert row['pass@1'] == pytest.approx(1 - base_row['pass@1'])
+  # Problems the base model was never sampled on cannot be binned: a one-line error, no file.
+  (workdir / 'calibration_large.json').unlink()
+  shutil.rmtree(workdir / 'samples' / 'base')
+  with pytest.raises(FileNotFoundError, match='run --mode=sample first'):
+    calibrate.run(config, str(workdir))
+  assert not (workdir / 'calibration_large.json').exists()
+
+
 def _labels(workdir, split='train'):
   from configs.arith import get_config
   from ttc_jax.pipeline import prm_data

@@ -1,7 +1,9 @@
 """Stage `calibrate`: pass@k per difficulty bin and per num_ops, the error-locality measure, a plot.
 
 Bins are quintiles of oracle difficulty (each problem's pass@1 over its samples, graded against
-the gold answer), bin 1 = easiest, as in the paper.
+the gold answer), bin 1 = easiest, as in the paper. The difficulty is always the base model's: a
+second model (`large`) is binned by the base model's samples, so each bin holds the same problems
+for both and its rows also carry the base model's pass@1 (the FLOPs-matched comparison's bins).
 """
 
 from __future__ import annotations
@@ -75,20 +77,33 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
   problems = {p.id: p for p in common.load_problems(
       config, workdir, config.sample.split, 'calibrate')}
   ks = tuple(c.ks)
-  pass1 = np.array([np.mean(r['correct']) for r in recs])
-  bins = difficulty_bins(pass1, c.num_bins)
+  base = recs
+  if name != 'base':
+    base_config = config.copy_and_resolve_references()
+    base_config.model_name = 'base'
+    by_id = {r['id']: r for r in sample.load_samples(base_config, workdir, 'calibrate')}
+    missing = [r['id'] for r in recs if r['id'] not in by_id]
+    if missing:
+      raise ValueError(f'calibrate[{name}]: {len(missing)} problems (e.g. {missing[0]}) have no '
+                       f'base-model samples to bin them by; sample the base model on them first')
+    base = [by_id[r['id']] for r in recs]
+  bins = difficulty_bins(np.array([np.mean(r['correct']) for r in base]), c.num_bins)
+  rows = {}
+  for b in range(1, c.num_bins + 1):
+    rows[str(b)] = summarize([r for r, x in zip(recs, bins) if x == b], ks)
+    if name != 'base':
+      rows[str(b)]['base_pass@1'] = summarize([r for r, x in zip(base, bins) if x == b],
+                                              (1,))['pass@1']
   result = {
       'model': name, 'split': config.sample.split, 'num_samples': len(recs[0]['correct']),
-      'overall': summarize(recs, ks),
-      'bins': {str(b): summarize([r for r, x in zip(recs, bins) if x == b], ks)
-               for b in range(1, c.num_bins + 1)},
+      'bins_by': 'base', 'overall': summarize(recs, ks), 'bins': rows,
       'num_ops': {str(k): summarize([r for r in recs if r['num_ops'] == k], ks)
                   for k in sorted({r['num_ops'] for r in recs})},
       'error_locality': error_locality(recs, problems, c.error_sample, config.seed),
   }
   for b, row in result['bins'].items():
     logging.info('calibrate[%s]: bin %s %s', name, b,
-                 ' '.join(f'{k}={v:.3f}' for k, v in row.items() if k.startswith('pass')))
+                 ' '.join(f'{k}={v:.3f}' for k, v in row.items() if 'pass@' in k))
   logging.info('calibrate[%s]: first wrong step kinds %s', name,
                result['error_locality']['fraction'])
   _plot(result, ks, os.path.splitext(out_path)[0] + '.png')
