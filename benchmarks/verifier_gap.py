@@ -1,6 +1,7 @@
 """Is there a generator-verifier gap on the task? Three diagnostics on a finished default workdir.
 
-  python benchmarks/verifier_gap.py --workdir=WD --mode=confidence      # ~10 min on 2 cores
+  python benchmarks/verifier_gap.py --workdir=WD --mode=confidence      # ~4 min on 2 cores
+  python benchmarks/verifier_gap.py --workdir=WD --mode=confidence --scorer=large --bins=2,3,4
   python benchmarks/verifier_gap.py --workdir=WD --mode=more_labels     # ~25 min on 2 cores
   python benchmarks/verifier_gap.py --workdir=WD --mode=bon_picks       # seconds (after eval_verifiers)
 
@@ -8,6 +9,9 @@
 forward pass) used as a verifier score: the whole sample's probability, its least likely token,
 and its least likely step. If weighted / best-of-N selection with these scores does not beat
 majority at N=64, the errors are confident ones: the generator's knowledge cannot tell them apart.
+With `--scorer=large` the `large` model (trained by `train_base` with `:large` in the same
+workdir) scores the base model's samples instead: does a model that knows more arithmetic see
+the base model's confident errors (a generator-verifier gap a larger verifier could exploit)?
 
 `more_labels`: an ORM (value head on the base backbone, as train_orm) trained on 12x the labelled
 solutions of the default prm_data (400 test problems x 64 pooled samples, final correctness),
@@ -72,8 +76,11 @@ def _table(name, answer_ids, correct, bins, scores, methods, ns, draws, seed) ->
   return out
 
 
-def confidence(config, workdir, recs, tok, prompts, answer_ids, correct, bins) -> dict:
-  model, params = train_base.load_model(config, workdir, config.model_name, STAGE)
+def confidence(config, workdir, recs, tok, prompts, answer_ids, correct, bins,
+               scorer_model: str) -> dict:
+  """The `scorer_model`'s (the proposer's own, or another trained model's) probability of each
+  distinct pooled sample, teacher-forced in length-bucketed batches."""
+  model, params = train_base.load_model(config, workdir, scorer_model, STAGE)
 
   @jax.jit
   def token_logprobs(params, tokens):
@@ -81,22 +88,27 @@ def confidence(config, workdir, recs, tok, prompts, answer_ids, correct, bins) -
     lp = jax.nn.log_softmax(logits, -1)
     return jnp.take_along_axis(lp[:, :-1], tokens[:, 1:, None], -1)[..., 0]
 
-  rows = [(prompts[r['id']], tok.encode(t, add_eos=True), i, k)
-          for i, r in enumerate(recs) for k, t in enumerate(r['completions'])]
+  distinct = {}  # (problem id, completion) -> [(i, k), ...]: every sample scored once
+  for i, r in enumerate(recs):
+    for k, t in enumerate(r['completions']):
+      distinct.setdefault((r['id'], t), []).append((i, k))
+  rows = sorted(((prompts[pid], tok.encode(t, add_eos=True), at)
+                 for (pid, t), at in distinct.items()), key=lambda x: len(x[0]) + len(x[1]))
   p, k = correct.shape
   whole, min_token, min_step = np.zeros((p, k)), np.zeros((p, k)), np.zeros((p, k))
   delimiter = tok.id_of(arith.STEP_DELIMITER)
-  batch, t0 = 128, time.perf_counter()
+  batch, t0 = 64, time.perf_counter()
+  print(f'{STAGE}: {len(rows)} distinct of {p * k} samples, scored by {scorer_model}', flush=True)
   for s in range(0, len(rows), batch):
     chunk = rows[s:s + batch]
-    tokens = np.zeros((batch, MAX_LEN), np.int32)
-    for j, (pr, c, _, _) in enumerate(chunk):
-      seq = (pr + c)[:MAX_LEN]
+    width = min(MAX_LEN, -(-max(len(pr) + len(c) for pr, c, _ in chunk) // 64) * 64)
+    tokens = np.zeros((batch, width), np.int32)
+    for j, (pr, c, _) in enumerate(chunk):
+      seq = (pr + c)[:width]
       tokens[j, :len(seq)] = seq
     lp = np.asarray(token_logprobs(params, tokens))
-    for j, (pr, c, i, kk) in enumerate(chunk):
+    for j, (pr, c, at) in enumerate(chunk):
       a = lp[j, len(pr) - 1:len(pr) - 1 + len(c)]
-      whole[i, kk], min_token[i, kk] = a.sum(), a.min()
       steps, cur = [], 0.0
       for t, v in zip(c, a):
         cur += v
@@ -104,15 +116,17 @@ def confidence(config, workdir, recs, tok, prompts, answer_ids, correct, bins) -
           steps.append(cur)
           cur = 0.0
       steps.append(cur)
-      min_step[i, kk] = min(steps)
-    if s % (batch * 50) == 0:
-      print(f'{STAGE}: {s}/{len(rows)} samples, {time.perf_counter() - t0:.0f}s', flush=True)
+      for i, kk in at:
+        whole[i, kk], min_token[i, kk], min_step[i, kk] = a.sum(), a.min(), min(steps)
+    if s % (batch * 25) == 0:
+      print(f'{STAGE}: {s}/{len(rows)} distinct samples, {time.perf_counter() - t0:.0f}s',
+            flush=True)
   scores = {'min_token': np.exp(min_token), 'whole': np.exp(whole), 'min_step': np.exp(min_step)}
   methods = [Method('majority', 'majority')]
   methods += [Method(f'weighted_{s}', 'weighted', s) for s in scores]
   methods += [Method(f'bon_{s}', 'best_of_n', s) for s in scores]
-  return _table('confidence', answer_ids, correct, bins, scores, methods, (16, 64),
-                lambda n: 50 if n < 64 else 1, 0)
+  return _table(f'confidence[{scorer_model}]', answer_ids, correct, bins, scores, methods,
+                (16, 64), lambda n: 50 if n < 64 else 1, 0)
 
 
 def more_labels(config, workdir, recs, tok, prompts, answer_ids, correct, bins, steps,
@@ -203,6 +217,11 @@ def main():
   parser.add_argument('--mode', choices=('confidence', 'more_labels', 'bon_picks'),
                       required=True)
   parser.add_argument('--steps', type=int, default=1500, help='more_labels: ORM training steps')
+  parser.add_argument('--scorer', default='base',
+                      help='confidence: the trained model whose probabilities score the samples '
+                           '(base, the proposer itself; or large)')
+  parser.add_argument('--bins', default='1,2,3,4,5',
+                      help='confidence: difficulty bins to keep (comma-separated)')
   parser.add_argument('--json', default=None)
   args = parser.parse_args()
   config = arith_config.get_config(None)
@@ -214,10 +233,15 @@ def main():
                          for r in recs])
   correct = np.array([r['correct'] for r in recs], bool)
   bins = calibrate.difficulty_bins(correct.mean(1), config.calibrate.num_bins)
+  if args.mode == 'confidence':
+    keep = np.isin(bins, [int(b) for b in args.bins.split(',')])
+    recs, answer_ids, correct, bins = ([r for r, x in zip(recs, keep) if x], answer_ids[keep],
+                                       correct[keep], bins[keep])
   if args.mode == 'bon_picks':
     result = bon_picks(config, args.workdir, recs, tok, prompts, answer_ids, correct, problems)
   elif args.mode == 'confidence':
-    result = confidence(config, args.workdir, recs, tok, prompts, answer_ids, correct, bins)
+    result = confidence(config, args.workdir, recs, tok, prompts, answer_ids, correct, bins,
+                        args.scorer)
   else:
     result = more_labels(config, args.workdir, recs, tok, prompts, answer_ids, correct, bins,
                          args.steps, os.path.join(args.workdir, 'verifier_gap_orm'))
