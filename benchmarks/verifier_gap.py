@@ -48,6 +48,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), '..'))
 from configs import arith as arith_config  # noqa: E402
 from ttc_jax.model.transformer import Transformer  # noqa: E402
 from ttc_jax.pipeline import calibrate, common, eval_verifiers, sample, train_base  # noqa: E402
+from ttc_jax.sampling.sampler import bucket_length  # noqa: E402
 from ttc_jax.tasks import arith  # noqa: E402
 from ttc_jax.training import data, objectives, trainer  # noqa: E402
 from ttc_jax.verifiers import evaluation, scoring, selection  # noqa: E402
@@ -56,6 +57,7 @@ from ttc_jax.verifiers.steps import step_ends  # noqa: E402
 
 STAGE = 'verifier_gap'
 MAX_LEN = 384
+BUCKETS = tuple(range(64, MAX_LEN + 1, 64))  # teacher-forced batch widths (confidence)
 
 
 def _table(name, answer_ids, correct, bins, scores, methods, ns, draws, seed) -> dict:
@@ -101,7 +103,7 @@ def confidence(config, workdir, recs, tok, prompts, answer_ids, correct, bins,
   print(f'{STAGE}: {len(rows)} distinct of {p * k} samples, scored by {scorer_model}', flush=True)
   for s in range(0, len(rows), batch):
     chunk = rows[s:s + batch]
-    width = min(MAX_LEN, -(-max(len(pr) + len(c) for pr, c, _ in chunk) // 64) * 64)
+    width = bucket_length(min(MAX_LEN, max(len(pr) + len(c) for pr, c, _ in chunk)), BUCKETS)
     tokens = np.zeros((batch, width), np.int32)
     for j, (pr, c, _) in enumerate(chunk):
       seq = (pr + c)[:width]
@@ -109,15 +111,12 @@ def confidence(config, workdir, recs, tok, prompts, answer_ids, correct, bins,
     lp = np.asarray(token_logprobs(params, tokens))
     for j, (pr, c, at) in enumerate(chunk):
       a = lp[j, len(pr) - 1:len(pr) - 1 + len(c)]
-      steps, cur = [], 0.0
-      for t, v in zip(c, a):
-        cur += v
-        if t == delimiter:
-          steps.append(cur)
-          cur = 0.0
-      steps.append(cur)
+      # Each step's log-probability: split after every delimiter (the text after the last one,
+      # the answer line, is a step too).
+      cuts = np.flatnonzero(np.asarray(c[:len(a)]) == delimiter) + 1
+      step_lp = min(x.sum() for x in np.split(a, cuts))
       for i, kk in at:
-        whole[i, kk], min_token[i, kk], min_step[i, kk] = a.sum(), a.min(), min(steps)
+        whole[i, kk], min_token[i, kk], min_step[i, kk] = a.sum(), a.min(), step_lp
     if s % (batch * 25) == 0:
       print(f'{STAGE}: {s}/{len(rows)} distinct samples, {time.perf_counter() - t0:.0f}s',
             flush=True)
