@@ -44,7 +44,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       # was the same (BUILD.md, "Verifier evaluation").
       train_problems=256, validation_problems=16, num_samples=8, num_rollouts=4,
       temperature=1.0, max_new_tokens=256, problems_per_shard=4, prefixes_per_call=16))
-  # PRM and ORM value-head training (stages train_prm, train_orm), from the base model.
+  # The model the PRM and ORM start from ('' = the proposer, config.model_name). `large` (trained
+  # first with --config=configs/arith.py:large --mode=train_base) judges the base model's samples
+  # with more arithmetic than the base model has; BUILD.md, "A PRM on the large backbone".
+  c.verifier_backbone = ''
+  # PRM and ORM value-head training (stages train_prm, train_orm), from that backbone.
   c.train_prm = trainer.default_config()
   c.train_prm.update(dict(steps=300, batch_size=32, learning_rate=3e-4, warmup_steps=20,
                           log_every=50, checkpoint_every=100))

@@ -244,3 +244,52 @@ def test_train_prm_before_prm_data(full_run, tmp_path):
   shutil.rmtree(tmp_path / 'wd' / 'prm_data')
   shutil.rmtree(tmp_path / 'wd' / 'models' / 'prm')
   _one_line_error(launch(tmp_path / 'wd', mode='train_prm'), 'run --mode=prm_data first')
+
+
+# A second tiny model for the verifier-backbone tests (the real `large` is 14M parameters).
+TINY_LARGE = ['--config.models.large.embed_dim=48', '--config.models.large.hidden_dim=96',
+              '--config.models.large.num_heads=2', '--config.models.large.head_dim=16',
+              '--config.models.large.num_kv_heads=1', '--config.models.large.num_layers=2']
+
+
+def test_verifiers_on_another_backbone(full_run, tmp_path):
+  """verifier_backbone=large: PRM/ORM start from the large model's weights, are scored and
+  evaluated under their own names; the proposer-backbone results are left as they were."""
+  import shutil
+  import jax
+  from configs.arith import get_config
+  from ttc_jax.model import transformer
+  from ttc_jax.pipeline import train_base, train_prm
+  shutil.copytree(full_run, tmp_path / 'wd')
+  workdir = tmp_path / 'wd'
+  before = (workdir / 'verifiers.json').read_bytes()
+  on_large = [*TINY_LARGE, '--config.verifier_backbone=large']
+  # The backbone must be trained first: a one-line error naming the command, nothing written.
+  _one_line_error(launch(workdir, *on_large, mode='train_prm'),
+                  'run --mode=train_base with --config.model_name=large first')
+  assert not (workdir / 'models' / 'prm_on_large').exists()
+  result = launch(workdir, *TINY_LARGE, '--config.model_name=large', mode='train_base')
+  assert result.returncode == 0, result.stderr[-2000:]
+  for mode in ('train_prm', 'train_orm', 'eval_verifiers'):
+    result = launch(workdir, *on_large, mode=mode)
+    assert result.returncode == 0, result.stderr[-2000:]
+  config = get_config('tiny')
+  config.models.large.update(dict(embed_dim=48, hidden_dim=96, num_heads=2, head_dim=16,
+                                  num_kv_heads=1, num_layers=2))
+  config.verifier_backbone = 'large'
+  large_model, large_params = train_base.load_model(config, str(workdir), 'large', 'test')
+  for kind in ('prm', 'orm'):
+    info = json.loads((workdir / 'models' / f'{kind}_on_large' / 'info.json').read_text())
+    assert info['backbone'] == 'large' and info['proposer'] == 'base'
+    assert info['num_params'] == transformer.count_params(large_params)
+    model, params = train_prm.load_verifier(config, str(workdir), kind, 'test')
+    assert model == large_model
+    assert (jax.tree.structure(params['transformer']) == jax.tree.structure(large_params))
+  assert (workdir / 'verifier_scores' / 'base' / 'test' / 'prm_on_large').is_dir()
+  verifiers = json.loads((workdir / 'verifiers_on_large.json').read_text())
+  assert verifiers['verifier_backbone'] == 'large' and verifiers['model'] == 'base'
+  assert (workdir / 'verifiers_on_large.png').stat().st_size > 1000
+  assert (workdir / 'verifiers.json').read_bytes() == before
+  # A backbone the config does not define: one line.
+  _one_line_error(launch(workdir, '--config.verifier_backbone=huge', mode='train_prm'),
+                  "verifier_backbone='huge' is not a model of this config")

@@ -2,11 +2,12 @@
 
 Every pooled sample of the sample split is scored once by the PRM and the ORM (one forward pass
 per sample, all step ends); the step scores are cached per sample shard under
-verifier_scores/<model>/<split>/<prm|orm>/ (atomic; a rerun skips them, a kill loses at most one
-shard). Then, for each N and difficulty bin, every method's accuracy is averaged over many random
-draws of N samples from the pool (the same draws for all methods). Writes verifiers.json and
-verifiers.png (accuracy vs N, overall and per bin), plus the PRM's calibration on held-out
-Monte-Carlo step labels (prm_reliability.png).
+verifier_scores/<model>/<split>/<verifier name>/ (atomic; a rerun skips them, a kill loses at most
+one shard). Then, for each N and difficulty bin, every method's accuracy is averaged over many
+random draws of N samples from the pool (the same draws for all methods). Writes verifiers.json
+and verifiers.png (accuracy vs N, overall and per bin), plus the PRM's calibration on held-out
+Monte-Carlo step labels (prm_reliability.png); with config.verifier_backbone set to a model other
+than the proposer, the names get `_on_<backbone>` (verifiers_on_large.json, ...).
 """
 
 from __future__ import annotations
@@ -42,7 +43,16 @@ METHODS = (
 
 
 def scores_dir(config: ml_collections.ConfigDict, workdir: str, kind: str) -> str:
-  return os.path.join(workdir, 'verifier_scores', config.model_name, config.sample.split, kind)
+  return os.path.join(workdir, 'verifier_scores', config.model_name, config.sample.split,
+                      train_prm.verifier_name(config, kind))
+
+
+def output_path(config: ml_collections.ConfigDict, workdir: str, stem: str, ext: str) -> str:
+  """workdir/<stem>[_on_<backbone>].<ext>: the results of verifiers on another backbone sit next
+  to the proposer-backbone ones instead of replacing them."""
+  backbone = train_prm.backbone_name(config)
+  suffix = '' if backbone == config.model_name else f'_on_{backbone}'
+  return os.path.join(workdir, f'{stem}{suffix}.{ext}')
 
 
 def _write_npz(path: str, **arrays: np.ndarray) -> None:
@@ -166,7 +176,7 @@ def accuracy_table(answer_ids: np.ndarray, correct: np.ndarray, scores: dict[str
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> None:
   c = config.eval_verifiers
-  out_path = os.path.join(workdir, 'verifiers.json')
+  out_path = output_path(config, workdir, 'verifiers', 'json')
   if os.path.exists(out_path):
     logging.info('%s: %s exists, skipping', STAGE, out_path)
     return
@@ -197,14 +207,16 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
   correct = np.array([r['correct'] for r in recs], bool)
   bins = calibrate.difficulty_bins(correct.mean(1), config.calibrate.num_bins)
   table = accuracy_table(answer_ids, correct, scores, bins, ns, c.num_draws, c.seed)
-  result = {'model': config.model_name, 'split': config.sample.split, 'pool': pool,
+  result = {'model': config.model_name, 'verifier_backbone': train_prm.backbone_name(config),
+            'split': config.sample.split, 'pool': pool,
             'num_draws': c.num_draws, 'seed': c.seed, 'ns': list(ns),
             'methods': {m.name: {'selection': m.selection, 'score': m.score} for m in METHODS},
             'groups': table,
             'prm_calibration': prm_calibration(config, workdir, verifier)}
-  _plot_accuracy(result, os.path.join(workdir, 'verifiers.png'))
+  _plot_accuracy(result, output_path(config, workdir, 'verifiers', 'png'))
   if result['prm_calibration'] is not None:
-    _plot_reliability(result['prm_calibration'], os.path.join(workdir, 'prm_reliability.png'))
+    _plot_reliability(result['prm_calibration'],
+                      output_path(config, workdir, 'prm_reliability', 'png'))
   wd.atomic_write_json(out_path, result)
   logging.info('%s: wrote %s', STAGE, out_path)
 
@@ -238,7 +250,8 @@ def _plot_accuracy(result: dict, path: str) -> None:
   for ax in axes.ravel()[len(groups):]:
     ax.axis('off')
   axes.ravel()[0].legend(fontsize=7)
-  fig.suptitle(f"{result['model']}: selection accuracy vs N "
+  fig.suptitle(f"{result['model']} (verifiers on {result['verifier_backbone']}): selection "
+               "accuracy vs N "
                f"({result['num_draws']} draws per point; bin 1 = easiest)")
   fig.tight_layout()
   _save(fig, path)

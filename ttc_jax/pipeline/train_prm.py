@@ -1,11 +1,14 @@
-"""Stages `train_prm` and `train_orm`: a value head on the proposer's backbone, from prm_data labels.
+"""Stages `train_prm` and `train_orm`: a value head on a trained backbone, from prm_data labels.
 
-Both start from the trained proposer (config.model_name) plus a fresh head and train with BCE,
-AdamW, through the one trainer (config.train_prm). The PRM's targets are the soft Monte-Carlo
-labels at every step end (`steps.step_ends`); the ORM's is the solution's correctness at its last
-step end only. Checkpoints go to models/prm and models/orm (models/prm_<model> for another
-proposer); info.json, written when done, holds the final training metrics and the held-out
-(validation labels) BCE and Brier score. Read a finished one with `load_verifier`.
+Both start from a trained LM plus a fresh head and train with BCE, AdamW, through the one trainer
+(config.train_prm). The backbone is the proposer (config.model_name) unless
+config.verifier_backbone names another trained model of the workdir (e.g. `large`: a verifier that
+knows more than the proposer it judges; the labels are still the proposer's rollouts). The PRM's
+targets are the soft Monte-Carlo labels at every step end (`steps.step_ends`); the ORM's is the
+solution's correctness at its last step end only. Checkpoints go to models/<verifier_name>
+(`prm`, `orm`; `prm_<proposer>` for another proposer, `..._on_<backbone>` for another backbone);
+info.json, written when done, holds the final training metrics and the held-out (validation
+labels) BCE and Brier score. Read a finished one with `load_verifier`.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import numpy as np
 from absl import logging
 
 from ttc_jax import workdir as wd
+from ttc_jax.model import transformer
 from ttc_jax.model.config import TransformerConfig
 from ttc_jax.pipeline import common, prm_data, train_base
 from ttc_jax.training import data, objectives, trainer
@@ -27,10 +31,24 @@ from ttc_jax.training import data, objectives, trainer
 KINDS = ('prm', 'orm')
 
 
+def backbone_name(config: ml_collections.ConfigDict) -> str:
+  """The model whose trained weights the verifiers start from: the proposer unless
+  config.verifier_backbone names another one."""
+  name = config.verifier_backbone or config.model_name
+  if name not in config.models:
+    raise ValueError(f'verifier_backbone={name!r} is not a model of this config; expected one '
+                     f'of {sorted(config.models)}')
+  return name
+
+
 def verifier_name(config: ml_collections.ConfigDict, kind: str) -> str:
+  """`prm` / `orm` for the base proposer on its own backbone; `_<proposer>` is appended for
+  another proposer, `_on_<backbone>` for a backbone other than the proposer."""
   if kind not in KINDS:
     raise ValueError(f'unknown verifier kind {kind!r}; expected one of {KINDS}')
-  return kind if config.model_name == 'base' else f'{kind}_{config.model_name}'
+  backbone = backbone_name(config)
+  return (kind + ('' if config.model_name == 'base' else f'_{config.model_name}')
+          + ('' if backbone == config.model_name else f'_on_{backbone}'))
 
 
 def targets(labels: prm_data.StepLabels, kind: str) -> dict[int, float]:
@@ -80,12 +98,13 @@ def train(config: ml_collections.ConfigDict, workdir: str, kind: str,
   if not train_labels:
     raise ValueError(f'stage {stage}: prm_data kept no solution with a parseable answer (the '
                      f'proposer {config.model_name} writes none); train it longer')
-  model, backbone = train_base.load_model(config, workdir, config.model_name, stage)
+  backbone_model = backbone_name(config)
+  model, backbone = train_base.load_model(config, workdir, backbone_model, stage)
   cfg = config.train_prm
   objective = objectives.ValueRegression(model)
   ex = examples(train_labels, kind, cfg.max_len)
-  logging.info('%s: %d solutions, %d targets, %d steps of %d', stage, ex.size,
-               int(ex.value_mask.sum()), cfg.steps, cfg.batch_size)
+  logging.info('%s: backbone %s, %d solutions, %d targets, %d steps of %d', stage,
+               backbone_model, ex.size, int(ex.value_mask.sum()), cfg.steps, cfg.batch_size)
   init = objective.init(jax.random.key(cfg.seed), backbone=backbone)
   directory = common.model_dir(workdir, name)
   params = trainer.train(objective, ex, cfg, directory, stage, init_params=init,
@@ -95,7 +114,9 @@ def train(config: ml_collections.ConfigDict, workdir: str, kind: str,
   with open(os.path.join(directory, 'metrics.jsonl')) as f:
     final = json.loads(f.read().splitlines()[-1])
   valid = prm_data.load_labels(config, workdir, 'validation', stage)
-  info = {'kind': kind, 'proposer': config.model_name, 'steps': cfg.steps,
+  info = {'kind': kind, 'proposer': config.model_name, 'backbone': backbone_model,
+          'num_params': transformer.count_params(transformer.param_shapes(model)),
+          'steps': cfg.steps,
           'train_solutions': ex.size, 'train_targets': int(ex.value_mask.sum()),
           'final_train_metrics': final, 'validation_solutions': len(valid),
           'validation': heldout_metrics(model, params, valid, cfg.max_len) if valid else {}}
@@ -120,7 +141,7 @@ def load_verifier(config: ml_collections.ConfigDict, workdir: str, kind: str,
   name = verifier_name(config, kind)
   common.require(common.model_info_path(workdir, name), stage, f'train_{kind}')
   tok = common.load_tokenizer(workdir, stage)
-  model = common.model_config(config, config.model_name, tok.vocab_size)
+  model = common.model_config(config, backbone_name(config), tok.vocab_size)
   params = trainer.load_params(common.model_dir(workdir, name),
                                objectives.ValueRegression(model), config.train_prm)
   return model, params
