@@ -29,6 +29,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       large=dict(generation='gemma3', embed_dim=352, hidden_dim=1408, num_heads=4,
                  head_dim=64, num_kv_heads=2, num_layers=8, sliding_window_size=128),
   ))
+  # The base architecture trained on from the base model's weights (a verifier backbone that
+  # knows more arithmetic than the proposer at the proposer's size; BUILD.md):
+  #   --config.model_name=base_long --config.train_init=base --mode=train_base
+  c.models.base_long = dict(c.models.base)
+  # train_base starts from this trained model's final weights ('' = random init).
+  c.train_init = ''
   c.train = trainer.default_config()
   c.train.update(dict(steps=2000, batch_size=32, learning_rate=2e-3, warmup_steps=100,
                       log_every=100, checkpoint_every=500))
@@ -62,6 +68,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.task.update(dict(train_size=400, validation_size=20, test_size=20, num_ops_max=4))
     c.models.base.update(dict(embed_dim=32, hidden_dim=64, num_heads=2, head_dim=16,
                               num_layers=2))
+    c.models.base_long = dict(c.models.base)
     # 300 steps (1 s): the shortest run whose samples carry answer lines for prm_data to keep.
     c.train.update(dict(steps=300, batch_size=16, warmup_steps=2, log_every=50,
                         checkpoint_every=10))

@@ -293,3 +293,36 @@ def test_verifiers_on_another_backbone(full_run, tmp_path):
   # A backbone the config does not define: one line.
   _one_line_error(launch(workdir, '--config.verifier_backbone=huge', mode='train_prm'),
                   "verifier_backbone='huge' is not a model of this config")
+
+
+def test_train_base_continues_from_another_model(full_run, tmp_path):
+  """train_init=base: base_long starts from the base model's weights (with a zero learning rate
+  it ends on them exactly) and its info.json counts the base model's FLOPs too."""
+  import shutil
+  import jax
+  from configs.arith import get_config
+  from ttc_jax.pipeline import train_base
+  workdir = tmp_path / 'wd'
+  for sub in ('data', 'tokenizer', 'models/base'):
+    shutil.copytree(full_run / sub, workdir / sub)
+  args = ['--config.model_name=base_long', '--config.train.steps=3',
+          '--config.train.learning_rate=0.0', '--config.train.warmup_steps=1']
+  # A start of another architecture, or the model itself: one line, nothing trained.
+  _one_line_error(launch(workdir, *args, *TINY_LARGE, '--config.train_init=large',
+                         mode='train_base'), "train_init='large' has other parameter shapes")
+  _one_line_error(launch(workdir, *args, '--config.train_init=base_long', mode='train_base'),
+                  "train_init='base_long' is the model being trained")
+  assert not (workdir / 'models' / 'base_long').exists()
+  result = launch(workdir, *args, '--config.train_init=base', mode='train_base')
+  assert result.returncode == 0, result.stderr[-2000:]
+  config = get_config('tiny')
+  _, base = train_base.load_model(config, str(workdir), 'base', 'test')
+  _, cont = train_base.load_model(config, str(workdir), 'base_long', 'test')
+  for a, b in zip(jax.tree.leaves(base), jax.tree.leaves(cont)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  base_info = json.loads((workdir / 'models' / 'base' / 'info.json').read_text())
+  info = json.loads((workdir / 'models' / 'base_long' / 'info.json').read_text())
+  assert info['init_from'] == 'base' and info['init_steps'] == base_info['steps']
+  own = info['tokens_seen'] - base_info['tokens_seen']
+  assert 0 < own < base_info['tokens_seen']
+  assert info['pretrain_flops'] == pytest.approx(6 * info['num_params'] * info['tokens_seen'])

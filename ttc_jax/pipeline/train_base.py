@@ -1,11 +1,14 @@
-"""Stage `train_base`: train the proposer LM (config.model_name: `base` or `large`) on the task.
+"""Stage `train_base`: train an LM (config.model_name: `base`, `large`, ...) on the task.
 
-Writes checkpoints to models/<name>/ (resumable) and, when finished, models/<name>/info.json with
-the parameter count and pretraining FLOPs 6*N*D.
+From a random start, or, with config.train_init naming a trained model of the same architecture,
+from its final weights (e.g. `base_long`: the base model trained on for more steps). Writes
+checkpoints to models/<name>/ (resumable) and, when finished, models/<name>/info.json with the
+parameter count and pretraining FLOPs 6*N*D (a continued model's include its start's).
 """
 
 from __future__ import annotations
 
+import json
 import os
 
 import ml_collections
@@ -32,17 +35,40 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
   objective = objectives.LanguageModeling(model)
   n_params = transformer.count_params(transformer.param_shapes(model))
   cfg = config.train
-  logging.info('train_base: model %s, %d params, %d examples, %d steps of %d', name, n_params,
-               examples.size, cfg.steps, cfg.batch_size)
-  trainer.train(objective, examples, cfg, common.model_dir(workdir, name), f'train_base[{name}]')
+  init, init_info = _initial_params(config, workdir, name, model)
+  logging.info('train_base: model %s, %d params, %d examples, %d steps of %d%s', name, n_params,
+               examples.size, cfg.steps, cfg.batch_size,
+               f', from {config.train_init}' if init is not None else '')
+  trainer.train(objective, examples, cfg, common.model_dir(workdir, name), f'train_base[{name}]',
+                init_params=init)
   tokens_per_example = float(np.mean((examples.tokens != 0).sum(axis=1)))
   tokens_seen = cfg.steps * cfg.batch_size * tokens_per_example
-  wd.atomic_write_json(info_path, {
-      'model': name, 'num_params': n_params, 'steps': cfg.steps, 'batch_size': cfg.batch_size,
-      'tokens_seen': tokens_seen, 'pretrain_flops': 6.0 * n_params * tokens_seen,
-      'vocab_size': tok.vocab_size})
-  logging.info('train_base: %s done: %.3g training FLOPs (6ND)', name,
-               6.0 * n_params * tokens_seen)
+  # FLOPs and tokens include those of the model this one continues (train_init).
+  info = {'model': name, 'num_params': n_params, 'steps': cfg.steps, 'batch_size': cfg.batch_size,
+          'tokens_seen': tokens_seen + init_info.get('tokens_seen', 0.0),
+          'pretrain_flops': 6.0 * n_params * tokens_seen + init_info.get('pretrain_flops', 0.0),
+          'vocab_size': tok.vocab_size}
+  if init is not None:
+    info.update(init_from=config.train_init, init_steps=init_info['steps'])
+  wd.atomic_write_json(info_path, info)
+  logging.info('train_base: %s done: %.3g training FLOPs (6ND)', name, info['pretrain_flops'])
+
+
+def _initial_params(config: ml_collections.ConfigDict, workdir: str, name: str, model):
+  """(params, info.json) of the trained model config.train_init names, which `name` continues
+  from; (None, {}) for a random start."""
+  source = config.train_init
+  if not source:
+    return None, {}
+  if source == name:
+    raise ValueError(f'train_init={source!r} is the model being trained; name another model')
+  source_model = common.model_config(config, source, model.vocab_size)
+  if transformer.param_shapes(source_model) != transformer.param_shapes(model):
+    raise ValueError(f'train_init={source!r} has other parameter shapes than {name!r}; '
+                     'expected a model of the same architecture')
+  _, params = load_model(config, workdir, source, 'train_base')
+  with open(common.model_info_path(workdir, source)) as f:
+    return params, json.load(f)
 
 
 def load_model(config: ml_collections.ConfigDict, workdir: str, name: str, stage: str):
