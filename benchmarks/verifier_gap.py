@@ -4,6 +4,7 @@
   python benchmarks/verifier_gap.py --workdir=WD --mode=confidence --scorer=large --bins=2,3,4
   python benchmarks/verifier_gap.py --workdir=WD --mode=more_labels     # ~25 min on 2 cores
   python benchmarks/verifier_gap.py --workdir=WD --mode=bon_picks       # seconds (after eval_verifiers)
+  python benchmarks/verifier_gap.py --workdir=WD --mode=gold_nll --models=base,large,base_long
 
 `confidence`: the generator's own probability of each pooled test sample (teacher-forced, one
 forward pass) used as a verifier score: the whole sample's probability, its least likely token,
@@ -25,6 +26,10 @@ score for right vs wrong samples, the kind of the first wrong step (`arith.first
 the picked wrong samples vs all wrong samples, and how often that wrong step made the expression
 *smaller* (sum of |numbers| below the correct step's), to test whether the PRM prefers errors
 that leave an easier-looking expression.
+
+`gold_nll`: how much arithmetic each trained model knows, before any verifier is built on it:
+the teacher-forced NLL per completion token and the argmax token accuracy on the gold solutions
+of the test problems (seconds per model).
 
 The first two print per-bin accuracy of majority vs the score-based selections (difficulty bins as
 calibrate).
@@ -210,10 +215,33 @@ def bon_picks(config, workdir, recs, tok, prompts, answer_ids, correct, problems
   return out
 
 
+def gold_nll(config, workdir, tok, problems, models: list[str]) -> dict:
+  pairs = [common.encode_example(tok, p) for p in problems]
+  ex = data.pack([p for p, _ in pairs], [c for _, c in pairs], config.train.max_len)
+  out = {}
+  for name in models:
+    model, params = train_base.load_model(config, workdir, name, STAGE)
+    loss = jax.jit(objectives.LanguageModeling(model).loss)
+    nll = correct = total = 0.0
+    for i in range(0, ex.size, 100):
+      batch = data.batch_at(
+          data.Examples(tokens=ex.tokens[i:i + 100], loss_mask=ex.loss_mask[i:i + 100]),
+          0, min(100, ex.size - i), seed=0)
+      weight = float(batch.loss_mask[:, 1:].sum())
+      value, metrics = loss(params, batch)
+      nll, correct, total = (nll + float(value) * weight,
+                             correct + float(metrics['token_accuracy']) * weight, total + weight)
+    out[name] = {'nll_per_token': nll / total, 'token_accuracy': correct / total,
+                 'tokens': int(total)}
+    print(f'{name}: gold-solution NLL {nll / total:.4f} per token, argmax token accuracy '
+          f'{correct / total:.4f} ({int(total)} completion tokens)')
+  return out
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--workdir', required=True)
-  parser.add_argument('--mode', choices=('confidence', 'more_labels', 'bon_picks'),
+  parser.add_argument('--mode', choices=('confidence', 'more_labels', 'bon_picks', 'gold_nll'),
                       required=True)
   parser.add_argument('--steps', type=int, default=1500, help='more_labels: ORM training steps')
   parser.add_argument('--scorer', default='base',
@@ -221,6 +249,8 @@ def main():
                            '(base, the proposer itself; or large)')
   parser.add_argument('--bins', default='1,2,3,4,5',
                       help='confidence: difficulty bins to keep (comma-separated)')
+  parser.add_argument('--models', default='base,large',
+                      help='gold_nll: trained models to compare (comma-separated)')
   parser.add_argument('--json', default=None)
   args = parser.parse_args()
   config = arith_config.get_config(None)
@@ -236,7 +266,9 @@ def main():
     keep = np.isin(bins, [int(b) for b in args.bins.split(',')])
     recs, answer_ids, correct, bins = ([r for r, x in zip(recs, keep) if x], answer_ids[keep],
                                        correct[keep], bins[keep])
-  if args.mode == 'bon_picks':
+  if args.mode == 'gold_nll':
+    result = gold_nll(config, args.workdir, tok, problems, args.models.split(','))
+  elif args.mode == 'bon_picks':
     result = bon_picks(config, args.workdir, recs, tok, prompts, answer_ids, correct, problems)
   elif args.mode == 'confidence':
     result = confidence(config, args.workdir, recs, tok, prompts, answer_ids, correct, bins,
