@@ -246,7 +246,7 @@ def main():
   parser.add_argument('--steps', type=int, default=1500, help='more_labels: ORM training steps')
   parser.add_argument('--scorer', default='base',
                       help='confidence: the trained model whose probabilities score the samples '
-                           '(base, the proposer itself; or large)')
+                           '(base, the proposer itself; or another trained model: large, base_long)')
   parser.add_argument('--bins', default='1,2,3,4,5',
                       help='confidence: difficulty bins to keep (comma-separated)')
   parser.add_argument('--models', default='base,large',
