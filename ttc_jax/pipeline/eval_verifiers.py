@@ -50,9 +50,7 @@ def scores_dir(config: ml_collections.ConfigDict, workdir: str, kind: str) -> st
 def output_path(config: ml_collections.ConfigDict, workdir: str, stem: str, ext: str) -> str:
   """workdir/<stem>[_on_<backbone>].<ext>: the results of verifiers on another backbone sit next
   to the proposer-backbone ones instead of replacing them."""
-  backbone = train_prm.backbone_name(config)
-  suffix = '' if backbone == config.model_name else f'_on_{backbone}'
-  return os.path.join(workdir, f'{stem}{suffix}.{ext}')
+  return os.path.join(workdir, f'{stem}{train_prm.backbone_suffix(config)}.{ext}')
 
 
 def _write_npz(path: str, **arrays: np.ndarray) -> None:

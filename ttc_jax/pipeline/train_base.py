@@ -8,7 +8,6 @@ parameter count and pretraining FLOPs 6*N*D (a continued model's include its sta
 
 from __future__ import annotations
 
-import json
 import os
 
 import ml_collections
@@ -67,8 +66,7 @@ def _initial_params(config: ml_collections.ConfigDict, workdir: str, name: str, 
     raise ValueError(f'train_init={source!r} has other parameter shapes than {name!r}; '
                      'expected a model of the same architecture')
   _, params = load_model(config, workdir, source, 'train_base')
-  with open(common.model_info_path(workdir, source)) as f:
-    return params, json.load(f)
+  return params, wd.read_json(common.model_info_path(workdir, source))
 
 
 def load_model(config: ml_collections.ConfigDict, workdir: str, name: str, stage: str):

@@ -41,14 +41,19 @@ def backbone_name(config: ml_collections.ConfigDict) -> str:
   return name
 
 
+def backbone_suffix(config: ml_collections.ConfigDict) -> str:
+  """'' when the verifiers sit on the proposer, else `_on_<backbone>` (in every output name)."""
+  backbone = backbone_name(config)
+  return '' if backbone == config.model_name else f'_on_{backbone}'
+
+
 def verifier_name(config: ml_collections.ConfigDict, kind: str) -> str:
   """`prm` / `orm` for the base proposer on its own backbone; `_<proposer>` is appended for
   another proposer, `_on_<backbone>` for a backbone other than the proposer."""
   if kind not in KINDS:
     raise ValueError(f'unknown verifier kind {kind!r}; expected one of {KINDS}')
-  backbone = backbone_name(config)
   return (kind + ('' if config.model_name == 'base' else f'_{config.model_name}')
-          + ('' if backbone == config.model_name else f'_on_{backbone}'))
+          + backbone_suffix(config))
 
 
 def targets(labels: prm_data.StepLabels, kind: str) -> dict[int, float]:
@@ -115,7 +120,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, kind: str,
     final = json.loads(f.read().splitlines()[-1])
   valid = prm_data.load_labels(config, workdir, 'validation', stage)
   info = {'kind': kind, 'proposer': config.model_name, 'backbone': backbone_model,
-          'num_params': transformer.count_params(transformer.param_shapes(model)),
+          'num_params': transformer.count_params(backbone),
           'steps': cfg.steps,
           'train_solutions': ex.size, 'train_targets': int(ex.value_mask.sum()),
           'final_train_metrics': final, 'validation_solutions': len(valid),
