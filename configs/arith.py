@@ -29,9 +29,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       large=dict(generation='gemma3', embed_dim=352, hidden_dim=1408, num_heads=4,
                  head_dim=64, num_kv_heads=2, num_layers=8, sliding_window_size=128),
   ))
-  # The base architecture trained on from the base model's weights (a verifier backbone that
-  # knows more arithmetic than the proposer at the proposer's size; BUILD.md):
-  #   --config.model_name=base_long --config.train_init=base --mode=train_base
+  # The verifiers' backbone: the base architecture trained on from the base model's weights
+  # (stage train_verifier_backbone), so it knows more arithmetic than the proposer it judges.
   c.models.base_long = dict(c.models.base)
   # train_base starts from this trained model's final weights ('' = random init).
   c.train_init = ''
@@ -50,15 +49,21 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       # was the same (BUILD.md, "Verifier evaluation").
       train_problems=256, validation_problems=16, num_samples=8, num_rollouts=4,
       temperature=1.0, max_new_tokens=256, problems_per_shard=4, prefixes_per_call=16))
-  # The model the PRM and ORM start from ('' = the proposer, config.model_name). `large` (trained
-  # first with --config=configs/arith.py:large --mode=train_base) judges the base model's samples
-  # with more arithmetic than the base model has; BUILD.md, "A PRM on the large backbone".
-  c.verifier_backbone = ''
+  # The model the PRM and ORM sit on ('' = the proposer, config.model_name). Stage
+  # train_verifier_backbone trains it (when it is not the proposer): train_base from the trained
+  # model `init` ('' = random) with these settings. A head on the proposer itself ties majority
+  # vote: the proposer is sure of its own errors (BUILD.md, "A PRM that reads the likelihood").
+  c.verifier_backbone = 'base_long'
+  c.train_verifier_backbone = ml_collections.ConfigDict(dict(
+      init='base', steps=1500, learning_rate=5e-4, warmup_steps=50))
   # PRM and ORM value-head training (stages train_prm, train_orm), from that backbone.
   c.train_prm = trainer.default_config()
-  c.train_prm.update(dict(steps=300, batch_size=32, learning_rate=3e-4, warmup_steps=20,
-                          log_every=50, checkpoint_every=100))
+  c.train_prm.update(dict(steps=1000, batch_size=32, learning_rate=1e-2, warmup_steps=20,
+                          log_every=100, checkpoint_every=250))
   c.train_prm.max_len = 320
+  # Train only the value head: the backbone (and so the likelihood the head reads) stays as
+  # trained. Fine-tuning it on the value labels costs most of what it knows (BUILD.md).
+  c.train_prm.freeze_backbone = True
   c.eval_verifiers = ml_collections.ConfigDict(dict(
       ns=(1, 2, 4, 8, 16, 32, 64), num_draws=200, seed=0, batch_tokens=8192, calibration_bins=10))
 
@@ -69,6 +74,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.models.base.update(dict(embed_dim=32, hidden_dim=64, num_heads=2, head_dim=16,
                               num_layers=2))
     c.models.base_long = dict(c.models.base)
+    c.train_verifier_backbone.update(dict(steps=30, learning_rate=1e-3, warmup_steps=2))
     # 300 steps (1 s): the shortest run whose samples carry answer lines for prm_data to keep.
     c.train.update(dict(steps=300, batch_size=16, warmup_steps=2, log_every=50,
                         checkpoint_every=10))

@@ -22,6 +22,7 @@ STAGES = {
     'sample': sample.run,
     'calibrate': calibrate.run,
     'prm_data': prm_data.run,
+    'train_verifier_backbone': train_prm.run_backbone,
     'train_prm': train_prm.run_prm,
     'train_orm': train_prm.run_orm,
     'eval_verifiers': eval_verifiers.run,
@@ -31,8 +32,8 @@ STAGES = {
     'sft': sft.run,
 }
 # `all` runs these in order.
-PIPELINE = ('data', 'tokenizer', 'train_base', 'sample', 'calibrate', 'prm_data', 'train_prm',
-            'train_orm', 'eval_verifiers')
+PIPELINE = ('data', 'tokenizer', 'train_base', 'sample', 'calibrate', 'prm_data',
+            'train_verifier_backbone', 'train_prm', 'train_orm', 'eval_verifiers')
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'ml_collections config file.')
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory holding every artifact.')

@@ -42,6 +42,7 @@ def full_run(tmp_path_factory):
 
 
 def test_all_writes_every_artifact(full_run):
+  from configs.arith import get_config
   calib = json.loads((full_run / 'calibration.json').read_text())
   assert set(calib['bins']) == {'1', '2', '3', '4', '5'}
   assert calib['overall']['num_problems'] == 20
@@ -49,17 +50,23 @@ def test_all_writes_every_artifact(full_run):
   info = json.loads((full_run / 'models' / 'base' / 'info.json').read_text())
   assert info['pretrain_flops'] == pytest.approx(6 * info['num_params'] * info['tokens_seen'])
   assert not [p for p in full_run.rglob('*') if '.tmp' in p.name]
+  # The verifiers sit on base_long: the base model trained on by train_verifier_backbone.
+  base_info = json.loads((full_run / 'models' / 'base' / 'info.json').read_text())
+  backbone = json.loads((full_run / 'models' / 'base_long' / 'info.json').read_text())
+  assert backbone['init_from'] == 'base' and backbone['init_steps'] == base_info['steps']
+  assert backbone['steps'] == get_config('tiny').train_verifier_backbone.steps
   for kind in ('prm', 'orm'):
-    info = json.loads((full_run / 'models' / kind / 'info.json').read_text())
+    info = json.loads((full_run / 'models' / f'{kind}_on_base_long' / 'info.json').read_text())
     assert info['train_solutions'] > 0 and 0 <= info['validation']['step_brier'] <= 1
-  verifiers = json.loads((full_run / 'verifiers.json').read_text())
+    assert info['backbone'] == 'base_long'
+  verifiers = json.loads((full_run / 'verifiers_on_base_long.json').read_text())
   assert verifiers['ns'] == [1, 2, 4] and verifiers['groups']['overall']['num_problems'] == 20
   # The PRM's calibration is read against the labels train_prm held out; both see the same steps.
-  prm_info = json.loads((full_run / 'models' / 'prm' / 'info.json').read_text())
+  prm_info = json.loads((full_run / 'models' / 'prm_on_base_long' / 'info.json').read_text())
   assert verifiers['prm_calibration']['num_steps'] == prm_info['validation']['step_count']
   assert verifiers['prm_calibration']['brier'] == pytest.approx(
       prm_info['validation']['step_brier'], abs=1e-4)
-  assert (full_run / 'verifiers.png').stat().st_size > 1000
+  assert (full_run / 'verifiers_on_base_long.png').stat().st_size > 1000
 
 
 def test_rerun_skips_finished_stages(full_run):
@@ -226,7 +233,7 @@ def test_train_prm_resumes_to_the_uninterrupted_parameters(full_run, tmp_path):
   from configs.arith import get_config
   from ttc_jax.pipeline import train_prm
   shutil.copytree(full_run, tmp_path / 'wd')
-  prm = tmp_path / 'wd' / 'models' / 'prm'
+  prm = tmp_path / 'wd' / 'models' / 'prm_on_base_long'
   (prm / 'info.json').unlink()
   shutil.rmtree(prm / str(get_config('tiny').train_prm.steps))  # killed before the last save
   result = launch(tmp_path / 'wd', mode='train_prm')
@@ -242,7 +249,7 @@ def test_train_prm_before_prm_data(full_run, tmp_path):
   import shutil
   shutil.copytree(full_run, tmp_path / 'wd')
   shutil.rmtree(tmp_path / 'wd' / 'prm_data')
-  shutil.rmtree(tmp_path / 'wd' / 'models' / 'prm')
+  shutil.rmtree(tmp_path / 'wd' / 'models' / 'prm_on_base_long')
   _one_line_error(launch(tmp_path / 'wd', mode='train_prm'), 'run --mode=prm_data first')
 
 
@@ -253,8 +260,10 @@ TINY_LARGE = ['--config.models.large.embed_dim=48', '--config.models.large.hidde
 
 
 def test_verifiers_on_another_backbone(full_run, tmp_path):
-  """verifier_backbone=large: PRM/ORM start from the large model's weights, are scored and
-  evaluated under their own names; the proposer-backbone results are left as they were."""
+  """verifier_backbone=large (trained from scratch by train_verifier_backbone): PRM/ORM start from
+  the large model's weights, are scored and evaluated under their own names; the default
+  (base_long) results are left as they were. verifier_backbone='' (the proposer): nothing to
+  train, the verifiers are plain `prm` / `orm`."""
   import shutil
   import jax
   from configs.arith import get_config
@@ -262,13 +271,17 @@ def test_verifiers_on_another_backbone(full_run, tmp_path):
   from ttc_jax.pipeline import train_base, train_prm
   shutil.copytree(full_run, tmp_path / 'wd')
   workdir = tmp_path / 'wd'
-  before = (workdir / 'verifiers.json').read_bytes()
+  before = (workdir / 'verifiers_on_base_long.json').read_bytes()
   on_large = [*TINY_LARGE, '--config.verifier_backbone=large']
-  # The backbone must be trained first: a one-line error naming the command, nothing written.
+  # The backbone must be trained first: a one-line error naming the stage, nothing written.
   _one_line_error(launch(workdir, *on_large, mode='train_prm'),
-                  'run --mode=train_base with --config.model_name=large first')
+                  'run --mode=train_verifier_backbone first')
   assert not (workdir / 'models' / 'prm_on_large').exists()
-  result = launch(workdir, *TINY_LARGE, '--config.model_name=large', mode='train_base')
+  # From the base model's weights: other shapes, one line naming the key to change.
+  _one_line_error(launch(workdir, *on_large, mode='train_verifier_backbone'),
+                  "train_verifier_backbone.init='base' has other parameter shapes than 'large'")
+  result = launch(workdir, *on_large, '--config.train_verifier_backbone.init=',
+                  mode='train_verifier_backbone')
   assert result.returncode == 0, result.stderr[-2000:]
   for mode in ('train_prm', 'train_orm', 'eval_verifiers'):
     result = launch(workdir, *on_large, mode=mode)
@@ -278,6 +291,9 @@ def test_verifiers_on_another_backbone(full_run, tmp_path):
                                   num_kv_heads=1, num_layers=2))
   config.verifier_backbone = 'large'
   large_model, large_params = train_base.load_model(config, str(workdir), 'large', 'test')
+  large_info = json.loads((workdir / 'models' / 'large' / 'info.json').read_text())
+  assert 'init_from' not in large_info
+  assert large_info['steps'] == config.train_verifier_backbone.steps
   for kind in ('prm', 'orm'):
     info = json.loads((workdir / 'models' / f'{kind}_on_large' / 'info.json').read_text())
     assert info['backbone'] == 'large' and info['proposer'] == 'base'
@@ -285,14 +301,22 @@ def test_verifiers_on_another_backbone(full_run, tmp_path):
     model, params = train_prm.load_verifier(config, str(workdir), kind, 'test')
     assert model == large_model
     assert (jax.tree.structure(params['transformer']) == jax.tree.structure(large_params))
+    # freeze_backbone: the verifier's backbone is the trained LM, unchanged.
+    for a, b in zip(jax.tree.leaves(params['transformer']), jax.tree.leaves(large_params)):
+      np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
   assert (workdir / 'verifier_scores' / 'base' / 'test' / 'prm_on_large').is_dir()
   verifiers = json.loads((workdir / 'verifiers_on_large.json').read_text())
   assert verifiers['verifier_backbone'] == 'large' and verifiers['model'] == 'base'
   assert (workdir / 'verifiers_on_large.png').stat().st_size > 1000
-  assert (workdir / 'verifiers.json').read_bytes() == before
+  assert (workdir / 'verifiers_on_base_long.json').read_bytes() == before
   # A backbone the config does not define: one line.
   _one_line_error(launch(workdir, '--config.verifier_backbone=huge', mode='train_prm'),
                   "verifier_backbone='huge' is not a model of this config")
+  # On the proposer itself: nothing to train.
+  models = sorted(os.listdir(workdir / 'models'))
+  result = launch(workdir, '--config.verifier_backbone=', mode='train_verifier_backbone')
+  assert result.returncode == 0 and 'nothing to train' in result.stderr
+  assert sorted(os.listdir(workdir / 'models')) == models
 
 
 def test_train_base_continues_from_another_model(full_run, tmp_path):

@@ -98,8 +98,12 @@ def test_vectorized_selection_equals_library():
 def test_one_pass_scoring_equals_per_prefix_reference(name, batch_tokens, buckets):
   config = cfg_lib.get_config(name)
   params = ValueRegression(config).init(jax.random.key(0))
-  # A larger head spreads the logits, so a mismatch could not hide in a saturated sigmoid.
-  params['value_head'] = jax.tree.map(lambda x: 20 * x, params['value_head'])
+  # A random head (its activation weights start at 0) with large weights spreads the logits over
+  # both inputs, so a mismatch could not hide in a saturated sigmoid.
+  head = params['value_head']
+  keys = jax.random.split(jax.random.key(1), len(jax.tree.leaves(head)))
+  params['value_head'] = jax.tree.unflatten(jax.tree.structure(head), [
+      3 * jax.random.normal(k, x.shape) for k, x in zip(keys, jax.tree.leaves(head))])
   rng = np.random.default_rng(1)
   delim, eos = 4, 1
   prompts, comps = [], []
@@ -247,6 +251,7 @@ def test_eval_verifiers_stage(tmp_path, monkeypatch):
   from ttc_jax import workdir as wd
   from ttc_jax.pipeline import data, prm_data, sample, tokenizer, train_prm
   config = get_config('tiny')
+  config.verifier_backbone = ''  # the stand-in verifiers sit on the proposer: plain file names
   workdir = str(tmp_path)
   data.run(config, workdir)
   tokenizer.run(config, workdir)

@@ -20,7 +20,9 @@ from ttc_jax.pipeline import common
 from ttc_jax.training import data, objectives, trainer
 
 
-def run(config: ml_collections.ConfigDict, workdir: str) -> None:
+def run(config: ml_collections.ConfigDict, workdir: str,
+        init_key: str = 'train_init') -> None:
+  """`init_key`: the config key that set config.train_init, as error messages name it."""
   name = config.model_name
   info_path = common.model_info_path(workdir, name)
   if os.path.exists(info_path):
@@ -34,7 +36,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
   objective = objectives.LanguageModeling(model)
   n_params = transformer.count_params(transformer.param_shapes(model))
   cfg = config.train
-  init, init_info = _initial_params(config, workdir, name, model)
+  init, init_info = _initial_params(config, workdir, name, model, init_key)
   logging.info('train_base: model %s, %d params, %d examples, %d steps of %d%s', name, n_params,
                examples.size, cfg.steps, cfg.batch_size,
                f', from {config.train_init}' if init is not None else '')
@@ -53,17 +55,18 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
   logging.info('train_base: %s done: %.3g training FLOPs (6ND)', name, info['pretrain_flops'])
 
 
-def _initial_params(config: ml_collections.ConfigDict, workdir: str, name: str, model):
+def _initial_params(config: ml_collections.ConfigDict, workdir: str, name: str, model,
+                    init_key: str):
   """(params, info.json) of the trained model config.train_init names, which `name` continues
   from; (None, {}) for a random start."""
   source = config.train_init
   if not source:
     return None, {}
   if source == name:
-    raise ValueError(f'train_init={source!r} is the model being trained; name another model')
+    raise ValueError(f'{init_key}={source!r} is the model being trained; name another model')
   source_model = common.model_config(config, source, model.vocab_size)
   if transformer.param_shapes(source_model) != transformer.param_shapes(model):
-    raise ValueError(f'train_init={source!r} has other parameter shapes than {name!r}; '
+    raise ValueError(f'{init_key}={source!r} has other parameter shapes than {name!r}; '
                      'expected a model of the same architecture')
   _, params = load_model(config, workdir, source, 'train_base')
   return params, wd.read_json(common.model_info_path(workdir, source))

@@ -1,14 +1,16 @@
-"""Stages `train_prm` and `train_orm`: a value head on a trained backbone, from prm_data labels.
+"""Stages `train_verifier_backbone`, `train_prm` and `train_orm`: value heads on a trained LM.
 
-Both start from a trained LM plus a fresh head and train with BCE, AdamW, through the one trainer
-(config.train_prm). The backbone is the proposer (config.model_name) unless
-config.verifier_backbone names another trained model of the workdir (e.g. `large`: a verifier that
-knows more than the proposer it judges; the labels are still the proposer's rollouts). The PRM's
-targets are the soft Monte-Carlo labels at every step end (`steps.step_ends`); the ORM's is the
-solution's correctness at its last step end only. Checkpoints go to models/<verifier_name>
-(`prm`, `orm`; `prm_<proposer>` for another proposer, `..._on_<backbone>` for another backbone);
-info.json, written when done, holds the final training metrics and the held-out (validation
-labels) BCE and Brier score. Read a finished one with `load_verifier`.
+The backbone is config.verifier_backbone (default `base_long`: the base architecture trained on
+from the base model, which `train_verifier_backbone` trains with config.train_verifier_backbone),
+or the proposer (config.model_name) when that is ''. The labels are always the proposer's
+rollouts. PRM and ORM are the backbone plus a fresh `objectives.ValueHead` (reading the
+activation and the backbone's likelihood of the completion), trained with BCE, AdamW, through the
+one trainer (config.train_prm; with freeze_backbone only the head trains). The PRM's targets are
+the soft Monte-Carlo labels at every step end (`steps.step_ends`); the ORM's is the solution's
+correctness at its last step end only. Checkpoints go to models/<verifier_name> (`prm`, `orm`;
+`prm_<proposer>` for another proposer, `..._on_<backbone>` for a backbone other than the
+proposer); info.json, written when done, holds the final training metrics and the held-out
+(validation labels) BCE and Brier score. Read a finished one with `load_verifier`.
 """
 
 from __future__ import annotations
@@ -41,6 +43,23 @@ def backbone_name(config: ml_collections.ConfigDict) -> str:
   return name
 
 
+def run_backbone(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """Stage train_verifier_backbone: `train_base` for the verifier backbone, continued from the
+  trained model config.train_verifier_backbone.init ('' = a random start) with that block's
+  steps and learning rate. Nothing to do when the verifiers sit on the proposer."""
+  name = backbone_name(config)
+  if name == config.model_name:
+    logging.info('train_verifier_backbone: the verifiers sit on the proposer %s; nothing to train',
+                 name)
+    return
+  spec = config.train_verifier_backbone
+  derived = config.copy_and_resolve_references()
+  derived.model_name, derived.train_init = name, spec.init
+  derived.train.update(dict(steps=spec.steps, learning_rate=spec.learning_rate,
+                            warmup_steps=spec.warmup_steps))
+  train_base.run(derived, workdir, init_key='train_verifier_backbone.init')
+
+
 def backbone_suffix(config: ml_collections.ConfigDict) -> str:
   """'' when the verifiers sit on the proposer, else `_on_<backbone>` (in every output name)."""
   backbone = backbone_name(config)
@@ -69,8 +88,8 @@ def examples(labels: list[prm_data.StepLabels], kind: str, max_len: int) -> data
 
 
 @functools.partial(jax.jit, static_argnames=('config',))
-def _probabilities(params, tokens_BxT, *, config: TransformerConfig):
-  return jax.nn.sigmoid(objectives.value_logits(config, params, tokens_BxT))
+def _probabilities(params, tokens_BxT, completion_BxT, *, config: TransformerConfig):
+  return jax.nn.sigmoid(objectives.value_logits(config, params, tokens_BxT, completion_BxT))
 
 
 def heldout_metrics(model: TransformerConfig, params, labels: list[prm_data.StepLabels],
@@ -81,7 +100,8 @@ def heldout_metrics(model: TransformerConfig, params, labels: list[prm_data.Step
   for kind, prefix in (('prm', 'step'), ('orm', 'final')):
     ex = examples(labels, kind, max_len)
     probs = np.concatenate([
-        np.asarray(_probabilities(params, ex.tokens[i:i + batch_size], config=model))
+        np.asarray(_probabilities(params, ex.tokens[i:i + batch_size],
+                                  ex.loss_mask[i:i + batch_size], config=model))
         for i in range(0, ex.size, batch_size)])
     m = ex.value_mask > 0
     p, y = np.clip(probs[m], 1e-6, 1 - 1e-6), ex.value_targets[m]
@@ -104,9 +124,12 @@ def train(config: ml_collections.ConfigDict, workdir: str, kind: str,
     raise ValueError(f'stage {stage}: prm_data kept no solution with a parseable answer (the '
                      f'proposer {config.model_name} writes none); train it longer')
   backbone_model = backbone_name(config)
+  if backbone_model != config.model_name:
+    common.require(common.model_info_path(workdir, backbone_model), stage,
+                   'train_verifier_backbone')
   model, backbone = train_base.load_model(config, workdir, backbone_model, stage)
   cfg = config.train_prm
-  objective = objectives.ValueRegression(model)
+  objective = objectives.ValueRegression(model, freeze_backbone=cfg.freeze_backbone)
   ex = examples(train_labels, kind, cfg.max_len)
   logging.info('%s: backbone %s, %d solutions, %d targets, %d steps of %d', stage,
                backbone_model, ex.size, int(ex.value_mask.sum()), cfg.steps, cfg.batch_size)
@@ -141,12 +164,15 @@ def load_verifier(config: ml_collections.ConfigDict, workdir: str, kind: str,
                   stage: str) -> tuple[TransformerConfig, dict]:
   """(model config, {'transformer', 'value_head'} params) of a finished train_prm / train_orm.
 
-  Score with `objectives.value_logits(model, params, tokens)` (sigmoid -> probability).
+  Score with `objectives.value_logits(model, params, tokens, completion_mask)` (sigmoid ->
+  probability), or `verifiers.scoring.Scorer`.
   """
   name = verifier_name(config, kind)
   common.require(common.model_info_path(workdir, name), stage, f'train_{kind}')
   tok = common.load_tokenizer(workdir, stage)
   model = common.model_config(config, backbone_name(config), tok.vocab_size)
   params = trainer.load_params(common.model_dir(workdir, name),
-                               objectives.ValueRegression(model), config.train_prm)
+                               objectives.ValueRegression(
+                                   model, freeze_backbone=config.train_prm.freeze_backbone),
+                               config.train_prm)
   return model, params

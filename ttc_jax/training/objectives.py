@@ -26,6 +26,7 @@ class LanguageModeling:
   """
   config: TransformerConfig
   compute_dtype: str | None = None
+  frozen: tuple[str, ...] = ()
 
   def init(self, key: jax.Array):
     return init_params(self.config, key)
@@ -44,34 +45,79 @@ class LanguageModeling:
     return loss, {'loss': loss, 'token_accuracy': accuracy}
 
 
+NUM_LIKELIHOOD_FEATURES = 2
+
+
+def likelihood_features(logits_BxTxV: jax.Array, tokens_BxT: jax.Array,
+                        completion_BxT: jax.Array) -> jax.Array:
+  """[B, T, 2] per position t: the backbone's probability of the least likely completion token
+  up to t, and of the whole completion up to t (both 1 before the completion starts).
+
+  Token t's probability is read from the logits at t-1, so position t sees tokens <= t only: the
+  features are causal, like the activation beside them. Probabilities, not log-probabilities: a
+  logit linear in them can be a step (a sample with one unlikely token is about as bad as one
+  with many), which a logit linear in log-probabilities cannot (BUILD.md).
+  """
+  logp = jax.nn.log_softmax(logits_BxTxV[:, :-1].astype(jnp.float32), axis=-1)
+  token_lp = jnp.take_along_axis(logp, tokens_BxT[:, 1:, None], axis=-1)[..., 0]
+  token_lp = jnp.pad(token_lp, ((0, 0), (1, 0)))
+  token_lp = jnp.where(completion_BxT > 0, token_lp, 0.0)
+  return jnp.exp(jnp.stack([jax.lax.cummin(token_lp, axis=1), jnp.cumsum(token_lp, axis=1)],
+                           axis=-1))
+
+
 class ValueHead(nn.Module):
-  """Scalar logit per position on top of the backbone's final-norm activations."""
+  """Scalar logit per position, linear in the backbone's final-norm activation and in the
+  likelihood the backbone gives the completion so far (`likelihood_features`); starts at 0.
+
+  A head on the activation alone learns how hard the problem is, not whether the steps are
+  right (BUILD.md, "A PRM that reads the likelihood").
+  """
 
   @nn.compact
-  def __call__(self, hidden_BxTxD):
-    return nn.Dense(1, name='proj')(hidden_BxTxD.astype(jnp.float32))[..., 0]
+  def __call__(self, hidden_BxTxD, features_BxTxF):
+    x = jnp.concatenate([hidden_BxTxD.astype(jnp.float32), features_BxTxF], axis=-1)
+    return nn.Dense(1, kernel_init=nn.initializers.zeros, name='proj')(x)[..., 0]
 
 
-def value_logits(config: TransformerConfig, params, tokens_BxT: jax.Array) -> jax.Array:
-  """One forward pass -> a value logit at every position ([B, T])."""
+def value_logits(config: TransformerConfig, params, tokens_BxT: jax.Array,
+                 completion_BxT: jax.Array) -> jax.Array:
+  """One forward pass -> a value logit at every position ([B, T]).
+
+  completion_BxT: 1 on completion tokens (after the prompt), 0 on the prompt and padding.
+  """
   out = Transformer(config).apply({'params': params['transformer']}, tokens_BxT,
                                   return_hidden=True)
-  return ValueHead().apply({'params': params['value_head']}, out.hidden)
+  features = likelihood_features(out.logits, tokens_BxT, completion_BxT)
+  return ValueHead().apply({'params': params['value_head']}, out.hidden, features)
 
 
 @dataclasses.dataclass(frozen=True)
 class ValueRegression:
-  """BCE of sigmoid(value logit) against per-position soft labels where value_mask is 1."""
+  """BCE of sigmoid(value logit) against per-position soft labels where value_mask is 1; the
+  batch's loss_mask marks the completion (`value_logits`).
+
+  With freeze_backbone only the head trains: the backbone's likelihood, which the head reads,
+  stays the trained LM's (fine-tuning it on the value labels loses what it knows; BUILD.md).
+  """
   config: TransformerConfig
+  freeze_backbone: bool = False
+
+  @property
+  def frozen(self) -> tuple[str, ...]:
+    return ('transformer',) if self.freeze_backbone else ()
 
   def init(self, key: jax.Array, backbone=None):
     k1, k2 = jax.random.split(key)
     backbone = init_params(self.config, k1) if backbone is None else backbone
-    head = ValueHead().init(k2, jnp.zeros((1, 1, self.config.embed_dim)))['params']
+    head = ValueHead().init(k2, jnp.zeros((1, 1, self.config.embed_dim)),
+                            jnp.zeros((1, 1, NUM_LIKELIHOOD_FEATURES)))['params']
     return {'transformer': backbone, 'value_head': head}
 
   def loss(self, params, batch: Batch) -> tuple[jax.Array, dict[str, jax.Array]]:
-    logits = value_logits(self.config, params, batch.tokens)
+    if self.freeze_backbone:  # no backward pass through the backbone
+      params = dict(params, transformer=jax.lax.stop_gradient(params['transformer']))
+    logits = value_logits(self.config, params, batch.tokens, batch.loss_mask)
     bce = optax.sigmoid_binary_cross_entropy(logits, batch.value_targets)
     total = jnp.maximum(batch.value_mask.sum(), 1.0)
     loss = (bce * batch.value_mask).sum() / total

@@ -31,8 +31,9 @@ SCORE_BUCKETS = (32, 64, 96, 128, 192, 256, 320, 384, 512, 768, 1024, 1536, 2048
 
 
 @functools.partial(jax.jit, static_argnames=('config',))
-def _logits(params, tokens_BxT: jax.Array, *, config: TransformerConfig) -> jax.Array:
-  return value_logits(config, params, tokens_BxT)
+def _logits(params, tokens_BxT: jax.Array, completion_BxT: jax.Array, *,
+            config: TransformerConfig) -> jax.Array:
+  return value_logits(config, params, tokens_BxT, completion_BxT)
 
 
 def sigmoid(x: np.ndarray) -> np.ndarray:
@@ -63,7 +64,7 @@ class Scorer:
     rows = [list(p) + list(c) for p, c in zip(prompts, completions)]
     reads = [[len(p) + e for e in step_ends(c, self.delimiter_id, self.eos_id)]
              for p, c in zip(prompts, completions)]
-    return self._run(params, rows, reads)
+    return self._run(params, rows, [len(p) for p in prompts], reads)
 
   def score(self, params, prompts: Sequence[Sequence[int]],
             completions: Sequence[Sequence[int]]) -> list[np.ndarray]:
@@ -74,12 +75,13 @@ class Scorer:
                              completions: Sequence[Sequence[int]]) -> list[np.ndarray]:
     """Reference: every step prefix in its own forward pass (batched, same buckets)."""
     self._check(params, prompts, completions)
-    rows, owner = [], []
+    rows, starts, owner = [], [], []
     for i, (p, c) in enumerate(zip(prompts, completions)):
       for e in step_ends(c, self.delimiter_id, self.eos_id):
         rows.append(list(p) + list(c[:e + 1]))
+        starts.append(len(p))
         owner.append(i)
-    flat = self._run(params, rows, [[len(r) - 1] for r in rows])
+    flat = self._run(params, rows, starts, [[len(r) - 1] for r in rows])
     out: list[list[float]] = [[] for _ in prompts]
     for i, x in zip(owner, flat):
       out[i].append(float(x[0]))
@@ -103,17 +105,21 @@ class Scorer:
       if bad:
         raise ValueError(f'token id {bad[0]} out of range; expected [0, {self.config.vocab_size})')
 
-  def _run(self, params, rows: list[list[int]], reads: list[list[int]]) -> list[np.ndarray]:
-    """Value logits of `rows` at positions `reads`, batched by similar length."""
+  def _run(self, params, rows: list[list[int]], starts: list[int],
+           reads: list[list[int]]) -> list[np.ndarray]:
+    """Value logits of `rows` (completions from `starts`) at positions `reads`, batched by
+    similar length."""
     out: list[np.ndarray] = [np.zeros((0,), np.float32)] * len(rows)
     order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
     for chunk in self._batches([len(rows[i]) for i in order]):
       chunk = [order[k] for k in chunk]
       t = bucket_length(len(rows[chunk[-1]]), self.buckets)
       tokens = np.full((_pow2_at_least(len(chunk)), t), PAD_ID, np.int32)
+      completion = np.zeros(tokens.shape, np.float32)
       for j, i in enumerate(chunk):
         tokens[j, :len(rows[i])] = rows[i]
-      logits = np.asarray(_logits(params, tokens, config=self.config))
+        completion[j, starts[i]:len(rows[i])] = 1.0
+      logits = np.asarray(_logits(params, tokens, completion, config=self.config))
       for j, i in enumerate(chunk):
         out[i] = logits[j, reads[i]].astype(np.float32)
     return out
