@@ -69,6 +69,25 @@ def test_value_objective_trains(tmp_path):
   assert losses[-1] < losses[0]
 
 
+@pytest.mark.parametrize('freeze', [False, True])
+def test_value_objective_freeze_backbone(tmp_path, freeze):
+  """freeze_backbone: the backbone (weight decay included) stays exactly as it started, the head
+  trains; without it both move. The checkpoint loads back with the same objective."""
+  ex = _examples()
+  targets = (ex.tokens % 2).astype(np.float32)
+  ex = data.Examples(tokens=ex.tokens, loss_mask=ex.loss_mask, value_targets=targets,
+                     value_mask=ex.loss_mask)
+  obj = objectives.ValueRegression(CONFIG, freeze_backbone=freeze)
+  assert obj.frozen == (('transformer',) if freeze else ())
+  init = obj.init(jax.random.key(0))
+  start = jax.tree.map(np.asarray, init)  # the trainer donates its start's buffers
+  params = trainer.train(obj, ex, _cfg(10), str(tmp_path), 'value', init_params=init)
+  init = start
+  assert _leaves_equal(params['transformer'], init['transformer']) == freeze
+  assert not _leaves_equal(params['value_head'], init['value_head'])
+  assert _leaves_equal(trainer.load_params(str(tmp_path), obj, _cfg(10)), params)
+
+
 def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
   obj = objectives.LanguageModeling(CONFIG)
   trainer.train(obj, _examples(), _cfg(10), str(tmp_path), 'lm')

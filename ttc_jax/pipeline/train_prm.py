@@ -144,6 +144,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, kind: str,
   valid = prm_data.load_labels(config, workdir, 'validation', stage)
   info = {'kind': kind, 'proposer': config.model_name, 'backbone': backbone_model,
           'num_params': transformer.count_params(backbone),
+          'freeze_backbone': cfg.freeze_backbone,
           'steps': cfg.steps,
           'train_solutions': ex.size, 'train_targets': int(ex.value_mask.sum()),
           'final_train_metrics': final, 'validation_solutions': len(valid),
@@ -168,11 +169,13 @@ def load_verifier(config: ml_collections.ConfigDict, workdir: str, kind: str,
   probability), or `verifiers.scoring.Scorer`.
   """
   name = verifier_name(config, kind)
-  common.require(common.model_info_path(workdir, name), stage, f'train_{kind}')
+  info_path = common.model_info_path(workdir, name)
+  common.require(info_path, stage, f'train_{kind}')
   tok = common.load_tokenizer(workdir, stage)
   model = common.model_config(config, backbone_name(config), tok.vocab_size)
+  # The checkpoint's optimizer state has the layout its training run used.
+  frozen = wd.read_json(info_path)['freeze_backbone']
   params = trainer.load_params(common.model_dir(workdir, name),
-                               objectives.ValueRegression(
-                                   model, freeze_backbone=config.train_prm.freeze_backbone),
+                               objectives.ValueRegression(model, freeze_backbone=frozen),
                                config.train_prm)
   return model, params
