@@ -68,6 +68,11 @@ def main(argv):
   if _BACKBONE.value == 'base':
     backbone = train_base.load_model(config, workdir, 'base', 'benchmark')[1]
   params = ValueRegression(model).init(jax.random.key(_SEED.value), backbone)
+  # A random head (it starts at 0), so the warm-up equality check compares non-trivial logits.
+  head = jax.tree.leaves(params['value_head'])
+  keys = jax.random.split(jax.random.key(_SEED.value + 1), len(head))
+  params['value_head'] = jax.tree.unflatten(jax.tree.structure(params['value_head']), [
+      jax.random.normal(k, x.shape) for k, x in zip(keys, head)])
   prompts, comps = candidates(config, workdir, tok, _NUM.value, _SEED.value)
   delim = tok.id_of(arith.STEP_DELIMITER)
   scorer = Scorer(model, delimiter_id=delim, eos_id=tok.eos_id, batch_tokens=_BATCH.value)
