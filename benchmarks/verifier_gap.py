@@ -14,8 +14,8 @@ With `--scorer=large` the `large` model (trained by `train_base` with `:large` i
 workdir) scores the base model's samples instead: does a model that knows more arithmetic see
 the base model's confident errors (a generator-verifier gap a larger verifier could exploit)?
 
-`more_labels`: an ORM (value head on the base backbone, as train_orm) trained on 12x the labelled
-solutions of the default prm_data (400 test problems x 64 pooled samples, final correctness),
+`more_labels`: an ORM (value head on the base backbone, fine-tuned with it) trained on 12x the
+labelled solutions of the default prm_data (400 test problems x 64 pooled samples, final correctness),
 evaluated on the 100 other test problems. Test problems are used for training here ONLY to get
 many labelled samples without a new sampling run: it is an upper bound on what more labels buy,
 not a result to compare with eval_verifiers.
