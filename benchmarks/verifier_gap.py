@@ -177,10 +177,12 @@ def _magnitude(expression: str) -> int:
 
 
 def bon_picks(config, workdir, recs, tok, prompts, answer_ids, correct, problems) -> dict:
-  def no_verifier(kind):
-    raise FileNotFoundError(f'no cached {kind} scores in {workdir}: run --mode=eval_verifiers first')
+  def no_verifiers():
+    raise FileNotFoundError(f'no cached verifier scores in {workdir}: run --mode=eval_verifiers '
+                            'first')
 
-  per_sample = eval_verifiers.score_samples(config, workdir, 'prm', recs, prompts, tok, no_verifier)
+  per_sample = eval_verifiers.score_samples(config, workdir, recs, prompts, tok,
+                                            no_verifiers)['prm']
   last = eval_verifiers.candidate_scores(per_sample)['last']
   picks = selection.select_index(answer_ids, last, 'best_of_n')  # -1: no valid answer
   by_id = {p.id: p for p in problems}

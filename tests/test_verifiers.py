@@ -1,6 +1,7 @@
 """Verifier scoring, aggregation, selection and evaluation: hand-made selection cases, one-pass
 scoring equal to per-prefix re-scoring, subsampled accuracy equal to its exact expectation."""
 
+import dataclasses
 import itertools
 import json
 import os
@@ -11,9 +12,10 @@ import pytest
 
 from configs.arith import get_config
 from ttc_jax.model import config as cfg_lib
-from ttc_jax.pipeline import calibrate, common, eval_verifiers
+from ttc_jax.pipeline import calibrate, common, eval_verifiers, prm_data, train_prm
 from ttc_jax.tasks import arith
 from ttc_jax.tokenizer import Tokenizer
+from ttc_jax.training import data, objectives
 from ttc_jax.training.objectives import ValueRegression
 from ttc_jax.verifiers import evaluation, selection
 from ttc_jax.verifiers.evaluation import Method
@@ -124,6 +126,12 @@ def test_one_pass_scoring_equals_per_prefix_reference(name, batch_tokens, bucket
     np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5)
   for p, x in zip(scorer.score(params, prompts, comps), one):
     np.testing.assert_allclose(p, 1 / (1 + np.exp(-x.astype(np.float64))), rtol=1e-6)
+  # The backbone's head inputs at the step ends, through the head, give the same logits.
+  proj = params['value_head']['proj']
+  for x, logits in zip(scorer.step_inputs(params['transformer'], prompts, comps), one):
+    assert x.shape == (len(logits), objectives.head_input_size(config))
+    np.testing.assert_allclose(x @ np.asarray(proj['kernel'])[:, 0] + float(proj['bias'][0]),
+                               logits, atol=1e-4, rtol=1e-4)
 
 
 def test_scorer_bad_input():
@@ -214,7 +222,16 @@ def tok(tmp_path_factory):
                          32, arith.SPECIAL_SYMBOLS)
 
 
+def _random_head(params, seed):
+  head = params['value_head']
+  keys = jax.random.split(jax.random.key(seed), len(jax.tree.leaves(head)))
+  return jax.tree.unflatten(jax.tree.structure(head), [
+      jax.random.normal(k, x.shape) for k, x in zip(keys, jax.tree.leaves(head))])
+
+
 def test_score_samples_cached_per_shard(tok, tmp_path):
+  """PRM and ORM heads on one backbone share its pass and equal scoring each alone; scores are
+  cached per shard and kind; a shard whose samples changed, or a kind missing, is rescored."""
   config = get_config('tiny')
   config.sample.problems_per_batch = 2
   problems = arith.generate(3, seed=1, num_ops_range=(2, 4))
@@ -223,26 +240,39 @@ def test_score_samples_cached_per_shard(tok, tmp_path):
   prompts = {p.id: common.encode_example(tok, p)[0] for p in problems}
   model = common.model_config(config, 'base', tok.vocab_size)
   scorer = Scorer(model, delimiter_id=tok.id_of('\n'), eos_id=tok.eos_id)
-  params = ValueRegression(model).init(jax.random.key(0))
+  prm = ValueRegression(model).init(jax.random.key(0))
+  prm['value_head'] = _random_head(prm, 1)
+  # The ORM's backbone: equal arrays, not the same objects (as two loaded checkpoints).
+  orm = {'transformer': jax.tree.map(np.array, prm['transformer']),
+         'value_head': _random_head(prm, 2)}
+  params = {'prm': prm, 'orm': orm}
   calls = []
-  verifier = lambda kind: calls.append(kind) or (scorer, params)
-  first = eval_verifiers.score_samples(config, str(tmp_path), 'prm', recs, prompts, tok, verifier)
-  directory = eval_verifiers.scores_dir(config, str(tmp_path), 'prm')
-  assert sorted(os.listdir(directory)) == ['shard_00000.npz', 'shard_00001.npz']
+  verifiers = lambda: calls.append(1) or (scorer, params)
+  first = eval_verifiers.score_samples(config, str(tmp_path), recs, prompts, tok, verifiers)
   comps = [tok.encode(t, add_eos=True) for r in recs for t in r['completions']]
-  direct = scorer.score(params, [prompts[r['id']] for r in recs for _ in r['completions']], comps)
-  got = [x for r in first for x in r]
-  assert [len(x) for x in got] == [len(step_ends(c, tok.id_of('\n'), tok.eos_id)) for c in comps]
-  for a, b in zip(got, direct):
-    np.testing.assert_allclose(a, b, rtol=1e-6)
+  for kind in ('prm', 'orm'):
+    directory = eval_verifiers.scores_dir(config, str(tmp_path), kind)
+    assert sorted(os.listdir(directory)) == ['shard_00000.npz', 'shard_00001.npz']
+    direct = scorer.score(params[kind], [prompts[r['id']] for r in recs for _ in r['completions']],
+                          comps)
+    got = [x for r in first[kind] for x in r]
+    assert [len(x) for x in got] == [len(step_ends(c, tok.id_of('\n'), tok.eos_id))
+                                     for c in comps]
+    for a, b in zip(got, direct):
+      np.testing.assert_allclose(a, b, rtol=1e-5)
+  assert not np.allclose(np.concatenate([x for r in first['prm'] for x in r]),
+                         np.concatenate([x for r in first['orm'] for x in r]))
   calls.clear()
-  again = eval_verifiers.score_samples(config, str(tmp_path), 'prm', recs, prompts, tok, verifier)
+  again = eval_verifiers.score_samples(config, str(tmp_path), recs, prompts, tok, verifiers)
   assert not calls  # everything came from the cache
-  for a, b in zip([x for r in again for x in r], got):
-    np.testing.assert_array_equal(a, b)
+  for kind in ('prm', 'orm'):
+    for a, b in zip([x for r in again[kind] for x in r], [x for r in first[kind] for x in r]):
+      np.testing.assert_array_equal(a, b)
+  os.remove(os.path.join(eval_verifiers.scores_dir(config, str(tmp_path), 'orm'),
+                         'shard_00000.npz'))
   recs[2]['id'] = recs[1]['id']  # other samples in shard 1: rescored, shard 0 reused
-  eval_verifiers.score_samples(config, str(tmp_path), 'prm', recs, prompts, tok, verifier)
-  assert calls == ['prm']
+  eval_verifiers.score_samples(config, str(tmp_path), recs, prompts, tok, verifiers)
+  assert calls == [1, 1]
 
 
 def test_eval_verifiers_stage(tmp_path, monkeypatch):
@@ -301,3 +331,42 @@ def test_eval_verifiers_stage(tmp_path, monkeypatch):
   before = os.stat(os.path.join(workdir, 'verifiers.json')).st_mtime_ns
   eval_verifiers.run(config, workdir)
   assert os.stat(os.path.join(workdir, 'verifiers.json')).st_mtime_ns == before
+
+
+@pytest.mark.parametrize('kind', train_prm.KINDS)
+def test_head_examples_equal_token_examples(tok, kind):
+  """A head trained on a frozen backbone's step-end inputs (`head_examples`) sees the loss the
+  whole model would give on the token examples: same targets, same positions."""
+  config = get_config('tiny')
+  model = common.model_config(config, 'base', tok.vocab_size)
+  params = ValueRegression(model).init(jax.random.key(0))
+  head = params['value_head']
+  keys = jax.random.split(jax.random.key(1), len(jax.tree.leaves(head)))
+  params['value_head'] = jax.tree.unflatten(jax.tree.structure(head), [
+      jax.random.normal(k, x.shape) for k, x in zip(keys, jax.tree.leaves(head))])
+  rng = np.random.default_rng(0)
+  delim = tok.id_of(arith.STEP_DELIMITER)
+  labels = []
+  for i, p in enumerate(arith.generate(5, seed=2, num_ops_range=(1, 4))):
+    ids = tok.encode(arith.format_solution(p.steps), add_eos=True)
+    ends = step_ends(ids, delim, tok.eos_id)
+    labels.append(prm_data.StepLabels(
+        problem_id=p.id, num_ops=p.num_ops, answer=p.answer, sample_index=i,
+        prompt_ids=common.encode_example(tok, p)[0], completion_ids=ids, completion='',
+        step_ends=ends, labels=rng.uniform(size=len(ends)).tolist(), correct=bool(i % 2)))
+  scorer = Scorer(model, delimiter_id=delim, eos_id=tok.eos_id)
+  inputs = scorer.step_inputs(params['transformer'], [l.prompt_ids for l in labels],
+                              [l.completion_ids for l in labels])
+  heads = train_prm.head_examples(labels, kind, inputs)
+  tokens = train_prm.examples(labels, kind, 96)
+  assert heads.value_mask.sum() == tokens.value_mask.sum() > 0
+  batch = lambda ex: data.Batch(tokens=ex.tokens, loss_mask=ex.loss_mask,
+                                value_targets=ex.value_targets, value_mask=ex.value_mask,
+                                features=ex.features)
+  want, _ = ValueRegression(model).loss(params, batch(tokens))
+  got, _ = objectives.HeadRegression(model).loss({'value_head': params['value_head']},
+                                                 batch(heads))
+  np.testing.assert_allclose(float(got), float(want), rtol=1e-4)
+  with pytest.raises(ValueError, match='has 2 step ends but the scorer finds 1'):
+    train_prm.head_examples([dataclasses.replace(labels[0], step_ends=[0, 1])], kind,
+                            [inputs[0][:1]])

@@ -1,9 +1,9 @@
 """Stage `eval_verifiers`: accuracy vs N of majority, PRM/ORM best-of-N and weighted best-of-N.
 
 Every pooled sample of the sample split is scored once by the PRM and the ORM (one forward pass
-per sample, all step ends); the step scores are cached per sample shard under
-verifier_scores/<model>/<split>/<verifier name>/ (atomic; a rerun skips them, a kill loses at most
-one shard). Then, for each N and difficulty bin, every method's accuracy is averaged over many
+per sample, all step ends; the two heads share it when they sit on one frozen backbone); the
+step scores are cached per sample shard under verifier_scores/<model>/<split>/<verifier name>/
+(atomic; a rerun skips them, a kill loses at most one shard). Then, for each N and difficulty bin, every method's accuracy is averaged over many
 random draws of N samples from the pool (the same draws for all methods). Writes verifiers.json
 and verifiers.png (accuracy vs N, overall and per bin), plus the PRM's calibration on held-out
 Monte-Carlo step labels (prm_reliability.png); with config.verifier_backbone set to a model other
@@ -12,6 +12,7 @@ than the proposer, the names get `_on_<backbone>` (verifiers_on_large.json, ...)
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 import time
@@ -75,53 +76,60 @@ def _read_npz(path: str, ids: list[str]) -> list[np.ndarray] | None:
   return [steps[a:b] for a, b in zip(offsets[:-1], offsets[1:])]
 
 
-def score_samples(config: ml_collections.ConfigDict, workdir: str, kind: str, recs: list[dict],
+def score_samples(config: ml_collections.ConfigDict, workdir: str, recs: list[dict],
                   prompts: dict[str, list[int]], tok,
-                  verifier: Callable[[str], tuple[scoring.Scorer, dict]]
-                  ) -> list[list[np.ndarray]]:
-  """Per record, per sample: the verifier's score at each step end (cached per shard)."""
+                  verifiers: Callable[[], tuple[scoring.Scorer, dict[str, dict]]]
+                  ) -> dict[str, list[list[np.ndarray]]]:
+  """{kind: per record, per sample: the verifier's score at each step end} for the verifiers
+  `verifiers()` loads ({kind: params}); cached per shard and kind. Kinds missing from a shard's
+  cache are scored together (a frozen backbone's pass is shared: `Scorer.score_verifiers`)."""
   per_shard = config.sample.problems_per_batch
-  directory = scores_dir(config, workdir, kind)
-  out: list[list[np.ndarray]] = []
+  out: dict[str, list[list[np.ndarray]]] = {}
   total = sample.num_shards(len(recs), per_shard)
   t0, done = time.perf_counter(), 0
   for shard in range(total):
     chunk = recs[shard * per_shard:(shard + 1) * per_shard]
-    path = os.path.join(directory, f'shard_{shard:05d}.npz')
     ids = [r['id'] for r in chunk]
-    flat = _read_npz(path, ids)
-    if flat is None:
-      scorer, params = verifier(kind)
+    paths = {kind: os.path.join(scores_dir(config, workdir, kind), f'shard_{shard:05d}.npz')
+             for kind in KINDS}
+    flats = {kind: _read_npz(path, ids) for kind, path in paths.items()}
+    todo = [kind for kind, flat in flats.items() if flat is None]
+    if todo:
+      scorer, params = verifiers()
       # Equal samples of a problem (frequent on easy ones) are scored once. The jsonl holds
       # decoded text: re-encode it, EOS appended (a sample cut off at max_new_tokens had none,
       # but it rarely has an answer line, so it is rarely selectable).
       keys = [(r['id'], t) for r in chunk for t in r['completions']]
       unique = list(dict.fromkeys(keys))
-      scored = dict(zip(unique, scorer.score(params, [prompts[i] for i, _ in unique],
-                                             [tok.encode(t, add_eos=True) for _, t in unique])))
-      flat = [scored[k].astype(np.float32) for k in keys]  # as cached
-      offsets = np.cumsum([0] + [len(x) for x in flat])
-      _write_npz(path, ids=np.array(ids), offsets=offsets,
-                 steps=np.concatenate(flat).astype(np.float32))
-      done += len(flat)
+      scored = scorer.score_verifiers(
+          {kind: params[kind] for kind in todo}, [prompts[i] for i, _ in unique],
+          [tok.encode(t, add_eos=True) for _, t in unique])
+      for kind in todo:
+        by_key = dict(zip(unique, scored[kind]))
+        flats[kind] = [by_key[k].astype(np.float32) for k in keys]  # as cached
+        offsets = np.cumsum([0] + [len(x) for x in flats[kind]])
+        _write_npz(paths[kind], ids=np.array(ids), offsets=offsets,
+                   steps=np.concatenate(flats[kind]).astype(np.float32))
+      done += len(keys)
       logging.info('%s[%s]: shard %d/%d (%d distinct of %d samples), %.1f samples/s', STAGE,
-                   kind, shard + 1, total, len(unique), len(keys),
+                   '+'.join(todo), shard + 1, total, len(unique), len(keys),
                    done / (time.perf_counter() - t0))
     k = len(chunk[0]['completions'])
-    out.extend(flat[i * k:(i + 1) * k] for i in range(len(chunk)))
+    for kind, flat in flats.items():
+      out.setdefault(kind, []).extend(flat[i * k:(i + 1) * k] for i in range(len(chunk)))
   return out
 
 
 def prm_calibration(config: ml_collections.ConfigDict, workdir: str,
-                    verifier: Callable[[str], tuple[scoring.Scorer, dict]]) -> dict | None:
+                    verifiers: Callable[[], tuple[scoring.Scorer, dict[str, dict]]]) -> dict | None:
   """The PRM's step scores against the held-out Monte-Carlo labels of prm_data's validation split
   (solutions to task validation problems, never trained on): Brier score, ECE, reliability bins."""
   labels = prm_data.load_labels(config, workdir, 'validation', STAGE)
   if not labels:
     logging.warning('%s: prm_data has no validation labels; no PRM calibration', STAGE)
     return None
-  scorer, params = verifier('prm')
-  scores = scorer.score(params, [s.prompt_ids for s in labels],
+  scorer, params = verifiers()
+  scores = scorer.score(params['prm'], [s.prompt_ids for s in labels],
                         [s.completion_ids for s in labels])
   for s, x in zip(labels, scores):
     if len(x) != len(s.labels):
@@ -186,18 +194,17 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
   tok = common.load_tokenizer(workdir, STAGE)
   problems = common.load_problems(config, workdir, config.sample.split, STAGE)
   prompts = {p.id: common.encode_example(tok, p)[0] for p in problems}
-  loaded: dict[str, tuple[scoring.Scorer, dict]] = {}
 
-  def verifier(kind: str) -> tuple[scoring.Scorer, dict]:
-    if kind not in loaded:
-      model, params = train_prm.load_verifier(config, workdir, kind, STAGE)
-      loaded[kind] = scoring.Scorer(model, delimiter_id=tok.id_of(arith.STEP_DELIMITER),
-                                    eos_id=tok.eos_id, batch_tokens=c.batch_tokens), params
-    return loaded[kind]
+  @functools.cache
+  def verifiers() -> tuple[scoring.Scorer, dict[str, dict]]:
+    params = {}
+    for kind in KINDS:  # both sit on the backbone model config.verifier_backbone
+      model, params[kind] = train_prm.load_verifier(config, workdir, kind, STAGE)
+    return scoring.Scorer(model, delimiter_id=tok.id_of(arith.STEP_DELIMITER),
+                          eos_id=tok.eos_id, batch_tokens=c.batch_tokens), params
 
   scores = {}
-  for kind in KINDS:
-    per_sample = score_samples(config, workdir, kind, recs, prompts, tok, verifier)
+  for kind, per_sample in score_samples(config, workdir, recs, prompts, tok, verifiers).items():
     for how, arr in candidate_scores(per_sample).items():
       scores[f'{kind}/{how}'] = arr
   answer_ids = np.stack([selection.answer_ids([arith.extract_answer(t) for t in r['completions']])
@@ -210,7 +217,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
             'num_draws': c.num_draws, 'seed': c.seed, 'ns': list(ns),
             'methods': {m.name: {'selection': m.selection, 'score': m.score} for m in METHODS},
             'groups': table,
-            'prm_calibration': prm_calibration(config, workdir, verifier)}
+            'prm_calibration': prm_calibration(config, workdir, verifiers)}
   _plot_accuracy(result, output_path(config, workdir, 'verifiers', 'png'))
   if result['prm_calibration'] is not None:
     _plot_reliability(result['prm_calibration'],

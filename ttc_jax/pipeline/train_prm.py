@@ -5,7 +5,9 @@ from the base model, which `train_verifier_backbone` trains with config.train_ve
 or the proposer (config.model_name) when that is ''. The labels are always the proposer's
 rollouts. PRM and ORM are the backbone plus a fresh `objectives.ValueHead` (reading the
 activation and the backbone's likelihood of the completion), trained with BCE, AdamW, through the
-one trainer (config.train_prm; with freeze_backbone only the head trains). The PRM's targets are
+one trainer (config.train_prm). With freeze_backbone (the default) only the head trains, on the
+backbone's `head_inputs` at the step ends, computed in one pass per solution before training
+(`objectives.HeadRegression`); the checkpoint then holds the head alone. The PRM's targets are
 the soft Monte-Carlo labels at every step end (`steps.step_ends`); the ORM's is the solution's
 correctness at its last step end only. Checkpoints go to models/<verifier_name> (`prm`, `orm`;
 `prm_<proposer>` for another proposer, `..._on_<backbone>` for a backbone other than the
@@ -18,6 +20,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import time
 
 import jax
 import ml_collections
@@ -27,8 +30,11 @@ from absl import logging
 from ttc_jax import workdir as wd
 from ttc_jax.model import transformer
 from ttc_jax.model.config import TransformerConfig
+from ttc_jax.model.transformer import PAD_ID
 from ttc_jax.pipeline import common, prm_data, train_base
+from ttc_jax.tasks import arith
 from ttc_jax.training import data, objectives, trainer
+from ttc_jax.verifiers import scoring
 
 KINDS = ('prm', 'orm')
 
@@ -87,6 +93,31 @@ def examples(labels: list[prm_data.StepLabels], kind: str, max_len: int) -> data
                    values=[targets(l, kind) for l in labels])
 
 
+def head_examples(labels: list[prm_data.StepLabels], kind: str,
+                  inputs: list[np.ndarray]) -> data.Examples:
+  """Examples for `HeadRegression`: row n holds solution n's step ends only (its step-end tokens,
+  their head inputs, and the `targets` there); inputs[n] is [num_steps, F] (`Scorer.step_inputs`)."""
+  width = max(len(l.step_ends) for l in labels)
+  n, f = len(labels), inputs[0].shape[1]
+  tokens = np.full((n, width), PAD_ID, np.int32)
+  features = np.zeros((n, width, f), np.float32)
+  value_targets = np.zeros((n, width), np.float32)
+  value_mask = np.zeros((n, width), np.float32)
+  for i, (l, x) in enumerate(zip(labels, inputs)):
+    if len(x) != len(l.step_ends):
+      raise ValueError(f'prm_data solution {l.problem_id}/{l.sample_index} has '
+                       f'{len(l.step_ends)} step ends but the scorer finds {len(x)}; expected '
+                       'equal (relabel with prm_data)')
+    s = len(l.step_ends)
+    tokens[i, :s] = [l.completion_ids[e] for e in l.step_ends]
+    features[i, :s] = x
+    for step, e in enumerate(l.step_ends):
+      if e in (t := targets(l, kind)):
+        value_targets[i, step], value_mask[i, step] = t[e], 1.0
+  return data.Examples(tokens=tokens, loss_mask=np.zeros((n, width), np.float32),
+                       value_targets=value_targets, value_mask=value_mask, features=features)
+
+
 @functools.partial(jax.jit, static_argnames=('config',))
 def _probabilities(params, tokens_BxT, completion_BxT, *, config: TransformerConfig):
   return jax.nn.sigmoid(objectives.value_logits(config, params, tokens_BxT, completion_BxT))
@@ -129,12 +160,23 @@ def train(config: ml_collections.ConfigDict, workdir: str, kind: str,
                    'train_verifier_backbone')
   model, backbone = train_base.load_model(config, workdir, backbone_model, stage)
   cfg = config.train_prm
-  objective = objectives.ValueRegression(model, freeze_backbone=cfg.freeze_backbone)
-  ex = examples(train_labels, kind, cfg.max_len)
-  logging.info('%s: backbone %s, %d solutions, %d targets, %d steps of %d', stage,
-               backbone_model, ex.size, int(ex.value_mask.sum()), cfg.steps, cfg.batch_size)
-  init = objective.init(jax.random.key(cfg.seed), backbone=backbone)
   directory = common.model_dir(workdir, name)
+  if cfg.freeze_backbone:
+    t0 = time.perf_counter()
+    inputs = _scorer(model, workdir, stage).step_inputs(
+        backbone, [l.prompt_ids for l in train_labels], [l.completion_ids for l in train_labels])
+    logging.info('%s: head inputs of %d solutions from one backbone pass each in %.1f s', stage,
+                 len(inputs), time.perf_counter() - t0)
+    ex = head_examples(train_labels, kind, inputs)
+    objective = objectives.HeadRegression(model)
+    init = None
+  else:
+    ex = examples(train_labels, kind, cfg.max_len)
+    objective = objectives.ValueRegression(model)
+    init = objective.init(jax.random.key(cfg.seed), backbone=backbone)
+  logging.info('%s: backbone %s (%s), %d solutions, %d targets, %d steps of %d', stage,
+               backbone_model, 'frozen' if cfg.freeze_backbone else 'trained', ex.size,
+               int(ex.value_mask.sum()), cfg.steps, cfg.batch_size)
   params = trainer.train(objective, ex, cfg, directory, stage, init_params=init,
                          stop_after=stop_after)
   if stop_after is not None and stop_after < cfg.steps:
@@ -148,9 +190,15 @@ def train(config: ml_collections.ConfigDict, workdir: str, kind: str,
           'steps': cfg.steps,
           'train_solutions': ex.size, 'train_targets': int(ex.value_mask.sum()),
           'final_train_metrics': final, 'validation_solutions': len(valid),
-          'validation': heldout_metrics(model, params, valid, cfg.max_len) if valid else {}}
+          'validation': heldout_metrics(model, dict(params, transformer=backbone), valid,
+                                        cfg.max_len) if valid else {}}
   wd.atomic_write_json(info_path, info)
   logging.info('%s: done: %s', stage, json.dumps(info['validation']))
+
+
+def _scorer(model: TransformerConfig, workdir: str, stage: str) -> scoring.Scorer:
+  tok = common.load_tokenizer(workdir, stage)
+  return scoring.Scorer(model, delimiter_id=tok.id_of(arith.STEP_DELIMITER), eos_id=tok.eos_id)
 
 
 def run_prm(config: ml_collections.ConfigDict, workdir: str) -> None:
@@ -171,11 +219,10 @@ def load_verifier(config: ml_collections.ConfigDict, workdir: str, kind: str,
   name = verifier_name(config, kind)
   info_path = common.model_info_path(workdir, name)
   common.require(info_path, stage, f'train_{kind}')
-  tok = common.load_tokenizer(workdir, stage)
-  model = common.model_config(config, backbone_name(config), tok.vocab_size)
-  # The checkpoint's optimizer state has the layout its training run used.
-  frozen = wd.read_json(info_path)['freeze_backbone']
-  params = trainer.load_params(common.model_dir(workdir, name),
-                               objectives.ValueRegression(model, freeze_backbone=frozen),
-                               config.train_prm)
-  return model, params
+  model, backbone = train_base.load_model(config, workdir, backbone_name(config), stage)
+  directory = common.model_dir(workdir, name)
+  if wd.read_json(info_path)['freeze_backbone']:  # the checkpoint holds the head alone
+    head = trainer.load_params(directory, objectives.HeadRegression(model), config.train_prm)
+    return model, dict(head, transformer=backbone)
+  return model, trainer.load_params(directory, objectives.ValueRegression(model),
+                                    config.train_prm)

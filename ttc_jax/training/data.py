@@ -22,6 +22,8 @@ class Batch:
   # Value-head objectives: a soft label per position, trained where value_mask is 1.
   value_targets: jax.Array | None = None  # [B, T] float32
   value_mask: jax.Array | None = None  # [B, T] float32
+  # Precomputed per-position inputs (a frozen backbone's, for `objectives.HeadRegression`).
+  features: jax.Array | None = None  # [B, T, F] float32
 
 
 @flax.struct.dataclass
@@ -31,6 +33,7 @@ class Examples:
   loss_mask: np.ndarray  # [N, T]
   value_targets: np.ndarray | None = None
   value_mask: np.ndarray | None = None
+  features: np.ndarray | None = None  # [N, T, F]
 
   @property
   def size(self) -> int:
@@ -96,4 +99,5 @@ def batch_at(examples: Examples, step: int, batch_size: int, seed: int,
               -(-int(lengths[idx].max()) // length_bucket) * length_bucket)
   take = lambda a: None if a is None else a[idx, :width]
   return Batch(tokens=take(examples.tokens), loss_mask=take(examples.loss_mask),
-               value_targets=take(examples.value_targets), value_mask=take(examples.value_mask))
+               value_targets=take(examples.value_targets), value_mask=take(examples.value_mask),
+               features=take(examples.features))

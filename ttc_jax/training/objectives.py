@@ -26,7 +26,6 @@ class LanguageModeling:
   """
   config: TransformerConfig
   compute_dtype: str | None = None
-  frozen: tuple[str, ...] = ()
 
   def init(self, key: jax.Array):
     return init_params(self.config, key)
@@ -66,60 +65,82 @@ def likelihood_features(logits_BxTxV: jax.Array, tokens_BxT: jax.Array,
                            axis=-1))
 
 
+def head_inputs(config: TransformerConfig, backbone, tokens_BxT: jax.Array,
+                completion_BxT: jax.Array) -> jax.Array:
+  """One forward pass of the backbone -> what the value head reads at every position:
+  [B, T, embed_dim + 2] = [final-norm activation ; `likelihood_features`].
+
+  completion_BxT: 1 on completion tokens (after the prompt), 0 on the prompt and padding.
+  """
+  out = Transformer(config).apply({'params': backbone}, tokens_BxT, return_hidden=True)
+  return jnp.concatenate([out.hidden.astype(jnp.float32),
+                          likelihood_features(out.logits, tokens_BxT, completion_BxT)], axis=-1)
+
+
+def head_input_size(config: TransformerConfig) -> int:
+  return config.embed_dim + NUM_LIKELIHOOD_FEATURES
+
+
 class ValueHead(nn.Module):
-  """Scalar logit per position, linear in the backbone's final-norm activation and in the
-  likelihood the backbone gives the completion so far (`likelihood_features`); starts at 0.
+  """Scalar logit per position, linear in `head_inputs` (the backbone's activation and the
+  likelihood it gives the completion so far); starts at 0.
 
   A head on the activation alone learns how hard the problem is, not whether the steps are
   right (BUILD.md, "A PRM that reads the likelihood").
   """
 
   @nn.compact
-  def __call__(self, hidden_BxTxD, features_BxTxF):
-    x = jnp.concatenate([hidden_BxTxD.astype(jnp.float32), features_BxTxF], axis=-1)
-    return nn.Dense(1, kernel_init=nn.initializers.zeros, name='proj')(x)[..., 0]
+  def __call__(self, inputs_BxTxF):
+    return nn.Dense(1, kernel_init=nn.initializers.zeros, name='proj')(inputs_BxTxF)[..., 0]
+
+
+def init_head(config: TransformerConfig, key: jax.Array):
+  return ValueHead().init(key, jnp.zeros((1, 1, head_input_size(config))))['params']
 
 
 def value_logits(config: TransformerConfig, params, tokens_BxT: jax.Array,
                  completion_BxT: jax.Array) -> jax.Array:
-  """One forward pass -> a value logit at every position ([B, T]).
+  """One forward pass -> a value logit at every position ([B, T]); params {'transformer',
+  'value_head'}. completion_BxT as in `head_inputs`."""
+  return ValueHead().apply({'params': params['value_head']},
+                           head_inputs(config, params['transformer'], tokens_BxT, completion_BxT))
 
-  completion_BxT: 1 on completion tokens (after the prompt), 0 on the prompt and padding.
-  """
-  out = Transformer(config).apply({'params': params['transformer']}, tokens_BxT,
-                                  return_hidden=True)
-  features = likelihood_features(out.logits, tokens_BxT, completion_BxT)
-  return ValueHead().apply({'params': params['value_head']}, out.hidden, features)
+
+def _bce(logits_BxT: jax.Array, batch: Batch) -> tuple[jax.Array, dict[str, jax.Array]]:
+  bce = optax.sigmoid_binary_cross_entropy(logits_BxT, batch.value_targets)
+  total = jnp.maximum(batch.value_mask.sum(), 1.0)
+  loss = (bce * batch.value_mask).sum() / total
+  brier = ((jax.nn.sigmoid(logits_BxT) - batch.value_targets) ** 2 * batch.value_mask).sum() / total
+  return loss, {'loss': loss, 'brier': brier}
 
 
 @dataclasses.dataclass(frozen=True)
 class ValueRegression:
-  """BCE of sigmoid(value logit) against per-position soft labels where value_mask is 1; the
-  batch's loss_mask marks the completion (`value_logits`).
-
-  With freeze_backbone only the head trains: the backbone's likelihood, which the head reads,
-  stays the trained LM's (fine-tuning it on the value labels loses what it knows; BUILD.md).
-  """
+  """Backbone and head trained together: BCE of sigmoid(value logit) against per-position soft
+  labels where value_mask is 1; the batch's loss_mask marks the completion (`value_logits`)."""
   config: TransformerConfig
-  freeze_backbone: bool = False
-
-  @property
-  def frozen(self) -> tuple[str, ...]:
-    return ('transformer',) if self.freeze_backbone else ()
 
   def init(self, key: jax.Array, backbone=None):
     k1, k2 = jax.random.split(key)
     backbone = init_params(self.config, k1) if backbone is None else backbone
-    head = ValueHead().init(k2, jnp.zeros((1, 1, self.config.embed_dim)),
-                            jnp.zeros((1, 1, NUM_LIKELIHOOD_FEATURES)))['params']
-    return {'transformer': backbone, 'value_head': head}
+    return {'transformer': backbone, 'value_head': init_head(self.config, k2)}
 
   def loss(self, params, batch: Batch) -> tuple[jax.Array, dict[str, jax.Array]]:
-    if self.freeze_backbone:  # no backward pass through the backbone
-      params = dict(params, transformer=jax.lax.stop_gradient(params['transformer']))
-    logits = value_logits(self.config, params, batch.tokens, batch.loss_mask)
-    bce = optax.sigmoid_binary_cross_entropy(logits, batch.value_targets)
-    total = jnp.maximum(batch.value_mask.sum(), 1.0)
-    loss = (bce * batch.value_mask).sum() / total
-    brier = ((jax.nn.sigmoid(logits) - batch.value_targets) ** 2 * batch.value_mask).sum() / total
-    return loss, {'loss': loss, 'brier': brier}
+    return _bce(value_logits(self.config, params, batch.tokens, batch.loss_mask), batch)
+
+
+@dataclasses.dataclass(frozen=True)
+class HeadRegression:
+  """The head alone on a frozen backbone: the same BCE, on `head_inputs` computed once per
+  example (batch.features [B, T, F]) instead of a backbone pass per step. Params {'value_head'}.
+
+  Freezing keeps the likelihood the head reads the trained LM's (fine-tuning the backbone on the
+  value labels loses what it knows; BUILD.md).
+  """
+  config: TransformerConfig
+
+  def init(self, key: jax.Array):
+    return {'value_head': init_head(self.config, key)}
+
+  def loss(self, params, batch: Batch) -> tuple[jax.Array, dict[str, jax.Array]]:
+    return _bce(ValueHead().apply({'params': params['value_head']}, batch.features), batch)

@@ -24,9 +24,6 @@ from ttc_jax.training.data import Batch, Examples, batch_at
 
 
 class Objective(Protocol):
-  # Top-level keys of the parameter dict the optimizer leaves unchanged (e.g. a frozen backbone).
-  frozen: tuple[str, ...]
-
   def init(self, key: jax.Array) -> Any: ...
   def loss(self, params, batch: Batch) -> tuple[jax.Array, dict[str, jax.Array]]: ...
 
@@ -38,23 +35,14 @@ class TrainState:
   opt_state: Any
 
 
-def make_optimizer(cfg: ml_collections.ConfigDict,
-                   frozen: tuple[str, ...] = ()) -> optax.GradientTransformation:
-  """AdamW with warmup + cosine decay and global-norm clipping; parameters under the top-level
-  keys `frozen` get no update (no weight decay either)."""
+def make_optimizer(cfg: ml_collections.ConfigDict) -> optax.GradientTransformation:
+  """AdamW with warmup + cosine decay and global-norm clipping."""
   schedule = optax.warmup_cosine_decay_schedule(
       init_value=0.0, peak_value=cfg.learning_rate, warmup_steps=cfg.warmup_steps,
       decay_steps=max(cfg.steps, cfg.warmup_steps + 1), end_value=cfg.learning_rate * 0.1)
-  optimizer = optax.chain(
+  return optax.chain(
       optax.clip_by_global_norm(cfg.grad_clip),
       optax.adamw(schedule, b1=0.9, b2=0.95, weight_decay=cfg.weight_decay))
-  if not frozen:
-    return optimizer
-
-  def labels(params):
-    return {k: jax.tree.map(lambda _, k=k: 'frozen' if k in frozen else 'train', v)
-            for k, v in params.items()}
-  return optax.multi_transform({'train': optimizer, 'frozen': optax.set_to_zero()}, labels)
 
 
 def train_step(state: TrainState, batch: Batch, *, objective: Objective,
@@ -95,7 +83,7 @@ def load_params(directory: str, objective: Objective, cfg: ml_collections.Config
   mngr = _manager(directory)
   if mngr.latest_step() is None:
     raise FileNotFoundError(f'no checkpoint in {directory}; run its training stage first')
-  optimizer = make_optimizer(cfg, objective.frozen)
+  optimizer = make_optimizer(cfg)
   abstract = jax.eval_shape(lambda: _initial_state(objective, cfg, optimizer, None))
   return _restore(mngr, abstract, directory).params
 
@@ -107,7 +95,7 @@ def train(objective: Objective, examples: Examples, cfg: ml_collections.ConfigDi
 
   `stop_after` ends the run early at that step (as a kill would), leaving its checkpoints.
   """
-  optimizer = make_optimizer(cfg, objective.frozen)
+  optimizer = make_optimizer(cfg)
   state = _initial_state(objective, cfg, optimizer, init_params)
   mngr = _manager(directory)
   if mngr.latest_step() is not None:

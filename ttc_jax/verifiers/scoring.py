@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 import jax
 import numpy as np
@@ -21,7 +21,7 @@ import scipy.special
 from ttc_jax.model.config import TransformerConfig
 from ttc_jax.model.transformer import PAD_ID
 from ttc_jax.sampling.sampler import bucket_length
-from ttc_jax.training.objectives import value_logits
+from ttc_jax.training.objectives import ValueHead, head_inputs, value_logits
 from ttc_jax.verifiers.steps import step_ends
 
 # Finer than the sampler's powers of two: scored rows are whole solutions, and a 260-token row
@@ -34,6 +34,12 @@ SCORE_BUCKETS = (32, 64, 96, 128, 192, 256, 320, 384, 512, 768, 1024, 1536, 2048
 def _logits(params, tokens_BxT: jax.Array, completion_BxT: jax.Array, *,
             config: TransformerConfig) -> jax.Array:
   return value_logits(config, params, tokens_BxT, completion_BxT)
+
+
+@functools.partial(jax.jit, static_argnames=('config',))
+def _head_inputs(backbone, tokens_BxT: jax.Array, completion_BxT: jax.Array, *,
+                 config: TransformerConfig) -> jax.Array:
+  return head_inputs(config, backbone, tokens_BxT, completion_BxT)
 
 
 def sigmoid(x: np.ndarray) -> np.ndarray:
@@ -60,11 +66,48 @@ class Scorer:
   def step_logits(self, params, prompts: Sequence[Sequence[int]],
                   completions: Sequence[Sequence[int]]) -> list[np.ndarray]:
     """One pass per candidate: the value logit at each step end ([num_steps] per candidate)."""
-    self._check(params, prompts, completions)
+    self._check_params(params)
+    return self._one_pass(_logits, params, prompts, completions)
+
+  def score_verifiers(self, verifiers: Mapping[str, Any], prompts: Sequence[Sequence[int]],
+                      completions: Sequence[Sequence[int]]) -> dict[str, list[np.ndarray]]:
+    """`score` for several verifiers ({name: params}). Heads on one backbone (the PRM and ORM on
+    a frozen one: equal `transformer` params) share its pass: `step_inputs` once, then each head."""
+    groups: list[tuple[Any, list[str]]] = []
+    for name, params in verifiers.items():
+      self._check_params(params)
+      for backbone, names in groups:
+        if _equal_trees(backbone, params['transformer']):
+          names.append(name)
+          break
+      else:
+        groups.append((params['transformer'], [name]))
+    out = {}
+    for backbone, names in groups:
+      if len(names) == 1:
+        out[names[0]] = self.score(verifiers[names[0]], prompts, completions)
+        continue
+      inputs = self.step_inputs(backbone, prompts, completions)
+      flat = np.concatenate(inputs) if inputs else np.zeros((0, 1), np.float32)
+      splits = np.cumsum([len(x) for x in inputs])[:-1]
+      for name in names:
+        logits = ValueHead().apply({'params': verifiers[name]['value_head']}, flat)
+        out[name] = [sigmoid(x) for x in np.split(np.asarray(logits, np.float32), splits)]
+    return {name: out[name] for name in verifiers}
+
+  def step_inputs(self, backbone, prompts: Sequence[Sequence[int]],
+                  completions: Sequence[Sequence[int]]) -> list[np.ndarray]:
+    """One backbone pass per candidate: what a value head reads at each step end
+    ([num_steps, embed_dim + 2] per candidate; `objectives.head_inputs`). Heads on the same
+    frozen backbone (the PRM and the ORM) share it; training a head reads it once."""
+    return self._one_pass(_head_inputs, backbone, prompts, completions)
+
+  def _one_pass(self, fn, params, prompts, completions) -> list[np.ndarray]:
+    self._check(prompts, completions)
     rows = [list(p) + list(c) for p, c in zip(prompts, completions)]
     reads = [[len(p) + e for e in step_ends(c, self.delimiter_id, self.eos_id)]
              for p, c in zip(prompts, completions)]
-    return self._run(params, rows, [len(p) for p in prompts], reads)
+    return self._run(fn, params, rows, [len(p) for p in prompts], reads)
 
   def score(self, params, prompts: Sequence[Sequence[int]],
             completions: Sequence[Sequence[int]]) -> list[np.ndarray]:
@@ -74,14 +117,15 @@ class Scorer:
   def step_logits_per_prefix(self, params, prompts: Sequence[Sequence[int]],
                              completions: Sequence[Sequence[int]]) -> list[np.ndarray]:
     """Reference: every step prefix in its own forward pass (batched, same buckets)."""
-    self._check(params, prompts, completions)
+    self._check_params(params)
+    self._check(prompts, completions)
     rows, starts, owner = [], [], []
     for i, (p, c) in enumerate(zip(prompts, completions)):
       for e in step_ends(c, self.delimiter_id, self.eos_id):
         rows.append(list(p) + list(c[:e + 1]))
         starts.append(len(p))
         owner.append(i)
-    flat = self._run(params, rows, starts, [[len(r) - 1] for r in rows])
+    flat = self._run(_logits, params, rows, starts, [[len(r) - 1] for r in rows])
     out: list[list[float]] = [[] for _ in prompts]
     for i, x in zip(owner, flat):
       out[i].append(float(x[0]))
@@ -91,10 +135,12 @@ class Scorer:
                        completions: Sequence[Sequence[int]]) -> list[np.ndarray]:
     return [sigmoid(x) for x in self.step_logits_per_prefix(params, prompts, completions)]
 
-  def _check(self, params, prompts, completions) -> None:
+  def _check_params(self, params) -> None:
     if not isinstance(params, dict) or set(params) != {'transformer', 'value_head'}:
       got = sorted(params) if isinstance(params, dict) else type(params).__name__
       raise ValueError(f'verifier params have keys {got}; expected [transformer, value_head]')
+
+  def _check(self, prompts, completions) -> None:
     if len(prompts) != len(completions):
       raise ValueError(f'{len(prompts)} prompts but {len(completions)} completions; expected '
                        'one prompt per candidate')
@@ -105,10 +151,10 @@ class Scorer:
       if bad:
         raise ValueError(f'token id {bad[0]} out of range; expected [0, {self.config.vocab_size})')
 
-  def _run(self, params, rows: list[list[int]], starts: list[int],
+  def _run(self, fn, params, rows: list[list[int]], starts: list[int],
            reads: list[list[int]]) -> list[np.ndarray]:
-    """Value logits of `rows` (completions from `starts`) at positions `reads`, batched by
-    similar length."""
+    """fn(params, tokens, completion mask) ([B, T, ...]) of `rows` (completions from `starts`)
+    at positions `reads`, batched by similar length."""
     out: list[np.ndarray] = [np.zeros((0,), np.float32)] * len(rows)
     order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
     for chunk in self._batches([len(rows[i]) for i in order]):
@@ -119,9 +165,9 @@ class Scorer:
       for j, i in enumerate(chunk):
         tokens[j, :len(rows[i])] = rows[i]
         completion[j, starts[i]:len(rows[i])] = 1.0
-      logits = np.asarray(_logits(params, tokens, completion, config=self.config))
+      values = np.asarray(fn(params, tokens, completion, config=self.config))
       for j, i in enumerate(chunk):
-        out[i] = logits[j, reads[i]].astype(np.float32)
+        out[i] = values[j, reads[i]].astype(np.float32)
     return out
 
   def _batches(self, sorted_lengths: list[int]) -> list[range]:
@@ -137,6 +183,12 @@ class Scorer:
       out.append(range(start, end))
       start = end
     return out
+
+
+def _equal_trees(a, b) -> bool:
+  return (jax.tree.structure(a) == jax.tree.structure(b)
+          and all(x is y or np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a),
+                                                                jax.tree.leaves(b))))
 
 
 def _pow2_at_least(n: int) -> int:
