@@ -118,13 +118,14 @@ def head_examples(labels: list[prm_data.StepLabels], kind: str,
                        value_targets=value_targets, value_mask=value_mask, features=features)
 
 
-@functools.partial(jax.jit, static_argnames=('config',))
-def _probabilities(params, tokens_BxT, completion_BxT, *, config: TransformerConfig):
-  return jax.nn.sigmoid(objectives.value_logits(config, params, tokens_BxT, completion_BxT))
+@functools.partial(jax.jit, static_argnames=('config', 'eos_id'))
+def _probabilities(params, tokens_BxT, completion_BxT, *, config: TransformerConfig, eos_id: int):
+  return jax.nn.sigmoid(objectives.value_logits(config, params, tokens_BxT, completion_BxT,
+                                                eos_id))
 
 
 def heldout_metrics(model: TransformerConfig, params, labels: list[prm_data.StepLabels],
-                    max_len: int, batch_size: int = 64) -> dict[str, float]:
+                    max_len: int, eos_id: int, batch_size: int = 64) -> dict[str, float]:
   """Brier score and BCE of the head's probabilities against the MC labels at every step end
   (`step_*`) and against correctness at the last step end (`final_*`)."""
   out = {}
@@ -132,7 +133,8 @@ def heldout_metrics(model: TransformerConfig, params, labels: list[prm_data.Step
     ex = examples(labels, kind, max_len)
     probs = np.concatenate([
         np.asarray(_probabilities(params, ex.tokens[i:i + batch_size],
-                                  ex.loss_mask[i:i + batch_size], config=model))
+                                  ex.loss_mask[i:i + batch_size], config=model,
+                                  eos_id=eos_id))
         for i in range(0, ex.size, batch_size)])
     m = ex.value_mask > 0
     p, y = np.clip(probs[m], 1e-6, 1 - 1e-6), ex.value_targets[m]
@@ -161,9 +163,10 @@ def train(config: ml_collections.ConfigDict, workdir: str, kind: str,
   model, backbone = train_base.load_model(config, workdir, backbone_model, stage)
   cfg = config.train_prm
   directory = common.model_dir(workdir, name)
+  scorer = _scorer(model, workdir, stage)
   if cfg.freeze_backbone:
     t0 = time.perf_counter()
-    inputs = _scorer(model, workdir, stage).step_inputs(
+    inputs = scorer.step_inputs(
         backbone, [l.prompt_ids for l in train_labels], [l.completion_ids for l in train_labels])
     logging.info('%s: head inputs of %d solutions from one backbone pass each in %.1f s', stage,
                  len(inputs), time.perf_counter() - t0)
@@ -172,7 +175,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, kind: str,
     init = None
   else:
     ex = examples(train_labels, kind, cfg.max_len)
-    objective = objectives.ValueRegression(model)
+    objective = objectives.ValueRegression(model, eos_id=scorer.eos_id)
     init = objective.init(jax.random.key(cfg.seed), backbone=backbone)
   logging.info('%s: backbone %s (%s), %d solutions, %d targets, %d steps of %d', stage,
                backbone_model, 'frozen' if cfg.freeze_backbone else 'trained', ex.size,
@@ -191,7 +194,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, kind: str,
           'train_solutions': ex.size, 'train_targets': int(ex.value_mask.sum()),
           'final_train_metrics': final, 'validation_solutions': len(valid),
           'validation': heldout_metrics(model, dict(params, transformer=backbone), valid,
-                                        cfg.max_len) if valid else {}}
+                                        cfg.max_len, scorer.eos_id) if valid else {}}
   wd.atomic_write_json(info_path, info)
   logging.info('%s: done: %s', stage, json.dumps(info['validation']))
 
@@ -213,8 +216,7 @@ def load_verifier(config: ml_collections.ConfigDict, workdir: str, kind: str,
                   stage: str) -> tuple[TransformerConfig, dict]:
   """(model config, {'transformer', 'value_head'} params) of a finished train_prm / train_orm.
 
-  Score with `objectives.value_logits(model, params, tokens, completion_mask)` (sigmoid ->
-  probability), or `verifiers.scoring.Scorer`.
+  Score with `verifiers.scoring.Scorer` (or `objectives.value_logits`; sigmoid -> probability).
   """
   name = verifier_name(config, kind)
   info_path = common.model_info_path(workdir, name)

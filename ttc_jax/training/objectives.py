@@ -14,6 +14,7 @@ import optax
 
 from ttc_jax.model.config import TransformerConfig
 from ttc_jax.model.transformer import Transformer, init_params
+from ttc_jax.tokenizer import EOS_ID
 from ttc_jax.training.data import Batch
 
 
@@ -66,32 +67,39 @@ def likelihood_features(logits_BxTxV: jax.Array, tokens_BxT: jax.Array,
 
 
 def head_inputs(config: TransformerConfig, backbone, tokens_BxT: jax.Array,
-                completion_BxT: jax.Array) -> jax.Array:
+                completion_BxT: jax.Array, eos_id: int) -> jax.Array:
   """One forward pass of the backbone -> what the value head reads at every position:
-  [B, T, embed_dim + 2] = [final-norm activation ; `likelihood_features`].
+  [B, T, embed_dim + 3] = [final-norm activation ; `likelihood_features` ; 1 at the
+  completion's EOS (the end of the answer step) else 0].
 
   completion_BxT: 1 on completion tokens (after the prompt), 0 on the prompt and padding.
   """
   out = Transformer(config).apply({'params': backbone}, tokens_BxT, return_hidden=True)
+  final = ((tokens_BxT == eos_id) & (completion_BxT > 0)).astype(jnp.float32)
   return jnp.concatenate([out.hidden.astype(jnp.float32),
-                          likelihood_features(out.logits, tokens_BxT, completion_BxT)], axis=-1)
+                          likelihood_features(out.logits, tokens_BxT, completion_BxT),
+                          final[..., None]], axis=-1)
 
 
 def head_input_size(config: TransformerConfig) -> int:
-  return config.embed_dim + NUM_LIKELIHOOD_FEATURES
+  return config.embed_dim + NUM_LIKELIHOOD_FEATURES + 1
 
 
 class ValueHead(nn.Module):
-  """Scalar logit per position, linear in `head_inputs` (the backbone's activation and the
-  likelihood it gives the completion so far); starts at 0.
+  """Scalar logit per position from `head_inputs` x = [activation ; likelihood ; final]:
+  proj(x) at every step end, plus final_proj(x) at the answer step's end. Both start at 0.
 
-  A head on the activation alone learns how hard the problem is, not whether the steps are
-  right (BUILD.md, "A PRM that reads the likelihood").
+  The head reads the likelihood because on the activation alone it learns how hard the problem
+  is, not whether the steps are right; the answer step has weights of its own because its label
+  is the outcome itself, while a step's is a Monte-Carlo estimate of it: one set of weights
+  fit to both is softest where selection reads it (BUILD.md, "A PRM that reads the likelihood").
   """
 
   @nn.compact
   def __call__(self, inputs_BxTxF):
-    return nn.Dense(1, kernel_init=nn.initializers.zeros, name='proj')(inputs_BxTxF)[..., 0]
+    x, final = inputs_BxTxF[..., :-1], inputs_BxTxF[..., -1]
+    dense = lambda name: nn.Dense(1, kernel_init=nn.initializers.zeros, name=name)(x)[..., 0]
+    return dense('proj') + final * dense('final_proj')
 
 
 def init_head(config: TransformerConfig, key: jax.Array):
@@ -99,11 +107,11 @@ def init_head(config: TransformerConfig, key: jax.Array):
 
 
 def value_logits(config: TransformerConfig, params, tokens_BxT: jax.Array,
-                 completion_BxT: jax.Array) -> jax.Array:
+                 completion_BxT: jax.Array, eos_id: int) -> jax.Array:
   """One forward pass -> a value logit at every position ([B, T]); params {'transformer',
-  'value_head'}. completion_BxT as in `head_inputs`."""
-  return ValueHead().apply({'params': params['value_head']},
-                           head_inputs(config, params['transformer'], tokens_BxT, completion_BxT))
+  'value_head'}. completion_BxT and eos_id as in `head_inputs`."""
+  return ValueHead().apply({'params': params['value_head']}, head_inputs(
+      config, params['transformer'], tokens_BxT, completion_BxT, eos_id))
 
 
 def _bce(logits_BxT: jax.Array, batch: Batch) -> tuple[jax.Array, dict[str, jax.Array]]:
@@ -119,6 +127,7 @@ class ValueRegression:
   """Backbone and head trained together: BCE of sigmoid(value logit) against per-position soft
   labels where value_mask is 1; the batch's loss_mask marks the completion (`value_logits`)."""
   config: TransformerConfig
+  eos_id: int = EOS_ID
 
   def init(self, key: jax.Array, backbone=None):
     k1, k2 = jax.random.split(key)
@@ -126,7 +135,8 @@ class ValueRegression:
     return {'transformer': backbone, 'value_head': init_head(self.config, k2)}
 
   def loss(self, params, batch: Batch) -> tuple[jax.Array, dict[str, jax.Array]]:
-    return _bce(value_logits(self.config, params, batch.tokens, batch.loss_mask), batch)
+    return _bce(value_logits(self.config, params, batch.tokens, batch.loss_mask, self.eos_id),
+                batch)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -30,16 +30,16 @@ SCORE_BUCKETS = (32, 64, 96, 128, 192, 256, 320, 384, 512, 768, 1024, 1536, 2048
                  16384, 32768)
 
 
-@functools.partial(jax.jit, static_argnames=('config',))
+@functools.partial(jax.jit, static_argnames=('config', 'eos_id'))
 def _logits(params, tokens_BxT: jax.Array, completion_BxT: jax.Array, *,
-            config: TransformerConfig) -> jax.Array:
-  return value_logits(config, params, tokens_BxT, completion_BxT)
+            config: TransformerConfig, eos_id: int) -> jax.Array:
+  return value_logits(config, params, tokens_BxT, completion_BxT, eos_id)
 
 
-@functools.partial(jax.jit, static_argnames=('config',))
+@functools.partial(jax.jit, static_argnames=('config', 'eos_id'))
 def _head_inputs(backbone, tokens_BxT: jax.Array, completion_BxT: jax.Array, *,
-                 config: TransformerConfig) -> jax.Array:
-  return head_inputs(config, backbone, tokens_BxT, completion_BxT)
+                 config: TransformerConfig, eos_id: int) -> jax.Array:
+  return head_inputs(config, backbone, tokens_BxT, completion_BxT, eos_id)
 
 
 def sigmoid(x: np.ndarray) -> np.ndarray:
@@ -98,7 +98,7 @@ class Scorer:
   def step_inputs(self, backbone, prompts: Sequence[Sequence[int]],
                   completions: Sequence[Sequence[int]]) -> list[np.ndarray]:
     """One backbone pass per candidate: what a value head reads at each step end
-    ([num_steps, embed_dim + 2] per candidate; `objectives.head_inputs`). Heads on the same
+    ([num_steps, embed_dim + 3] per candidate; `objectives.head_inputs`). Heads on the same
     frozen backbone (the PRM and the ORM) share it; training a head reads it once."""
     return self._one_pass(_head_inputs, backbone, prompts, completions)
 
@@ -165,7 +165,8 @@ class Scorer:
       for j, i in enumerate(chunk):
         tokens[j, :len(rows[i])] = rows[i]
         completion[j, starts[i]:len(rows[i])] = 1.0
-      values = np.asarray(fn(params, tokens, completion, config=self.config))
+      values = np.asarray(fn(params, tokens, completion, config=self.config,
+                             eos_id=self.eos_id))
       for j, i in enumerate(chunk):
         out[i] = values[j, reads[i]].astype(np.float32)
     return out
