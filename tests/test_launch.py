@@ -245,6 +245,31 @@ def test_train_prm_resumes_to_the_uninterrupted_parameters(full_run, tmp_path):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
+def test_train_prm_with_the_backbone_trained_too(full_run, tmp_path):
+  """freeze_backbone=False: backbone and head train together on token batches; the checkpoint
+  holds both, and info.json's held-out metrics are those of the trained backbone."""
+  import shutil
+  import jax
+  from configs.arith import get_config
+  from ttc_jax.pipeline import prm_data, train_base, train_prm
+  shutil.copytree(full_run, tmp_path / 'wd')
+  workdir = tmp_path / 'wd'
+  shutil.rmtree(workdir / 'models' / 'prm_on_base_long')
+  result = launch(workdir, '--config.train_prm.freeze_backbone=False', mode='train_prm')
+  assert result.returncode == 0, result.stderr[-2000:]
+  config = get_config('tiny')
+  config.train_prm.freeze_backbone = False
+  model, params = train_prm.load_verifier(config, str(workdir), 'prm', 'test')
+  _, backbone = train_base.load_model(config, str(workdir), 'base_long', 'test')
+  assert not all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(params['transformer']),
+                                                      jax.tree.leaves(backbone)))
+  info = json.loads((workdir / 'models' / 'prm_on_base_long' / 'info.json').read_text())
+  assert info['freeze_backbone'] is False
+  valid = prm_data.load_labels(config, str(workdir), 'validation', 'test')
+  want = train_prm.heldout_metrics(model, params, valid, config.train_prm.max_len, 1)
+  assert info['validation'] == pytest.approx(want, rel=1e-5)
+
+
 def test_train_prm_before_prm_data(full_run, tmp_path):
   import shutil
   shutil.copytree(full_run, tmp_path / 'wd')

@@ -3,8 +3,9 @@
 Every pooled sample of the sample split is scored once by the PRM and the ORM (one forward pass
 per sample, all step ends; the two heads share it when they sit on one frozen backbone); the
 step scores are cached per sample shard under verifier_scores/<model>/<split>/<verifier name>/
-(atomic; a rerun skips them, a kill loses at most one shard). Then, for each N and difficulty bin, every method's accuracy is averaged over many
-random draws of N samples from the pool (the same draws for all methods). Writes verifiers.json
+(atomic; a rerun skips them, a kill loses at most one shard). Then, for each N and difficulty
+bin, every method's accuracy is averaged over many random draws of N samples from the pool (the
+same draws for all methods). Writes verifiers.json
 and verifiers.png (accuracy vs N, overall and per bin), plus the PRM's calibration on held-out
 Monte-Carlo step labels (prm_reliability.png); with config.verifier_backbone set to a model other
 than the proposer, the names get `_on_<backbone>` (verifiers_on_large.json, ...).

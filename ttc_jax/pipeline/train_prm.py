@@ -95,8 +95,9 @@ def examples(labels: list[prm_data.StepLabels], kind: str, max_len: int) -> data
 
 def head_examples(labels: list[prm_data.StepLabels], kind: str,
                   inputs: list[np.ndarray]) -> data.Examples:
-  """Examples for `HeadRegression`: row n holds solution n's step ends only (its step-end tokens,
-  their head inputs, and the `targets` there); inputs[n] is [num_steps, F] (`Scorer.step_inputs`)."""
+  """Examples for `HeadRegression`: row n holds solution n's step ends only (its step-end
+  tokens, their head inputs, and the `targets` there); inputs[n] is [num_steps, F]
+  (`Scorer.step_inputs`)."""
   width = max(len(l.step_ends) for l in labels)
   n, f = len(labels), inputs[0].shape[1]
   tokens = np.full((n, width), PAD_ID, np.int32)
@@ -184,6 +185,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, kind: str,
                          stop_after=stop_after)
   if stop_after is not None and stop_after < cfg.steps:
     return
+  whole = dict(params, transformer=backbone) if cfg.freeze_backbone else params
   with open(os.path.join(directory, 'metrics.jsonl')) as f:
     final = json.loads(f.read().splitlines()[-1])
   valid = prm_data.load_labels(config, workdir, 'validation', stage)
@@ -193,8 +195,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, kind: str,
           'steps': cfg.steps,
           'train_solutions': ex.size, 'train_targets': int(ex.value_mask.sum()),
           'final_train_metrics': final, 'validation_solutions': len(valid),
-          'validation': heldout_metrics(model, dict(params, transformer=backbone), valid,
-                                        cfg.max_len, scorer.eos_id) if valid else {}}
+          'validation': heldout_metrics(model, whole, valid, cfg.max_len,
+                                        scorer.eos_id) if valid else {}}
   wd.atomic_write_json(info_path, info)
   logging.info('%s: done: %s', stage, json.dumps(info['validation']))
 
