@@ -262,6 +262,7 @@ def test_score_samples_cached_per_shard(tok, tmp_path):
                                      for c in comps]
     for a, b in zip(got, direct):
       np.testing.assert_allclose(a, b, rtol=1e-5)
+  assert scorer.score_verifiers(params, [], []) == {'prm': [], 'orm': []}
   assert not np.allclose(np.concatenate([x for r in first['prm'] for x in r]),
                          np.concatenate([x for r in first['orm'] for x in r]))
   calls.clear()

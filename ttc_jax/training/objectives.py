@@ -92,7 +92,8 @@ class ValueHead(nn.Module):
   The head reads the likelihood because on the activation alone it learns how hard the problem
   is, not whether the steps are right; the answer step has weights of its own because its label
   is the outcome itself, while a step's is a Monte-Carlo estimate of it: one set of weights
-  fit to both is softest where selection reads it (BUILD.md, "A PRM that reads the likelihood").
+  fit to both is softest where selection reads it (BUILD.md: "A PRM that reads the likelihood",
+  "Heads trained on inputs computed once, an answer-step head ...").
   """
 
   @nn.compact

@@ -73,6 +73,8 @@ class Scorer:
                       completions: Sequence[Sequence[int]]) -> dict[str, list[np.ndarray]]:
     """`score` for several verifiers ({name: params}). Heads on one backbone (the PRM and ORM on
     a frozen one: equal `transformer` params) share its pass: `step_inputs` once, then each head."""
+    if not prompts:
+      return {name: [] for name in verifiers}
     groups: list[tuple[Any, list[str]]] = []
     for name, params in verifiers.items():
       self._check_params(params)
@@ -88,7 +90,7 @@ class Scorer:
         out[names[0]] = self.score(verifiers[names[0]], prompts, completions)
         continue
       inputs = self.step_inputs(backbone, prompts, completions)
-      flat = np.concatenate(inputs) if inputs else np.zeros((0, 1), np.float32)
+      flat = np.concatenate(inputs)
       splits = np.cumsum([len(x) for x in inputs])[:-1]
       for name in names:
         logits = ValueHead().apply({'params': verifiers[name]['value_head']}, flat)
