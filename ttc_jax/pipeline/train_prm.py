@@ -112,8 +112,9 @@ def head_examples(labels: list[prm_data.StepLabels], kind: str,
     s = len(l.step_ends)
     tokens[i, :s] = [l.completion_ids[e] for e in l.step_ends]
     features[i, :s] = x
+    t = targets(l, kind)
     for step, e in enumerate(l.step_ends):
-      if e in (t := targets(l, kind)):
+      if e in t:
         value_targets[i, step], value_mask[i, step] = t[e], 1.0
   return data.Examples(tokens=tokens, loss_mask=np.zeros((n, width), np.float32),
                        value_targets=value_targets, value_mask=value_mask, features=features)
