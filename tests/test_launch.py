@@ -78,8 +78,11 @@ def test_rerun_skips_finished_stages(full_run):
 
 
 def test_kill_9_during_train_base_then_rerun_equals_uninterrupted(full_run, tmp_path):
-  for stage in ('data', 'tokenizer'):
-    assert launch(tmp_path, mode=stage).returncode == 0
+  import shutil
+  other = tmp_path / 'uninterrupted'
+  for workdir in (tmp_path, other):
+    for sub in ('data', 'tokenizer'):  # the stages before train_base, as full_run made them
+      shutil.copytree(full_run / sub, workdir / sub)
   proc = launch(tmp_path, '--config.train.steps=60', mode='train_base', wait=False)
   ckpt = tmp_path / 'models' / 'base' / '10'
   deadline = time.time() + 300
@@ -89,9 +92,6 @@ def test_kill_9_during_train_base_then_rerun_equals_uninterrupted(full_run, tmp_
   proc.wait()
   assert not (tmp_path / 'models' / 'base' / 'info.json').exists()
   assert launch(tmp_path, '--config.train.steps=60', mode='train_base').returncode == 0
-  other = tmp_path / 'uninterrupted'
-  for stage in ('data', 'tokenizer'):
-    launch(other, mode=stage)
   assert launch(other, '--config.train.steps=60', mode='train_base').returncode == 0
   for a, b in zip(_final_params(tmp_path), _final_params(other)):
     np.testing.assert_array_equal(a, b)
@@ -305,12 +305,10 @@ def test_verifiers_on_another_backbone(full_run, tmp_path):
   # From the base model's weights: other shapes, one line naming the key to change.
   _one_line_error(launch(workdir, *on_large, mode='train_verifier_backbone'),
                   "train_verifier_backbone.init='base' has other parameter shapes than 'large'")
-  result = launch(workdir, *on_large, '--config.train_verifier_backbone.init=',
-                  mode='train_verifier_backbone')
+  # --mode=all: the finished stages skip; train_verifier_backbone, train_prm, train_orm and
+  # eval_verifiers run on the large backbone.
+  result = launch(workdir, *on_large, '--config.train_verifier_backbone.init=')
   assert result.returncode == 0, result.stderr[-2000:]
-  for mode in ('train_prm', 'train_orm', 'eval_verifiers'):
-    result = launch(workdir, *on_large, mode=mode)
-    assert result.returncode == 0, result.stderr[-2000:]
   config = get_config('tiny')
   config.models.large.update(dict(embed_dim=48, hidden_dim=96, num_heads=2, head_dim=16,
                                   num_kv_heads=1, num_layers=2))

@@ -21,6 +21,12 @@ def _tokens(b, t, vocab, seed=1):
   return jax.random.randint(jax.random.key(seed), (b, t), 1, vocab)
 
 
+def _forward(config):
+  """The model's apply, jitted: one compilation instead of an eager dispatch per op."""
+  model = tr.Transformer(config)
+  return jax.jit(lambda params, *args, **kwargs: model.apply({'params': params}, *args, **kwargs))
+
+
 @pytest.mark.parametrize('name', GENERATIONS)
 def test_causality_by_gradient(name):
   config, params = _params(name)
@@ -35,8 +41,9 @@ def test_causality_by_gradient(name):
       return model.apply({'params': params}, tokens).logits[0, t].sum()
 
   delta = jnp.zeros((1, 12, config.embed_dim))
+  grad = jax.jit(jax.grad(logits_at))
   for t in (0, 5, 11):
-    g = jnp.abs(jax.grad(logits_at)(delta, t)).sum(axis=-1)[0]
+    g = jnp.abs(grad(delta, t)).sum(axis=-1)[0]
     assert float(g[t + 1:].sum()) == 0.0, f'position {t} depends on later inputs'
     assert bool(jnp.all(g[:t + 1] > 0)), f'position {t} ignores earlier inputs'
 
@@ -48,13 +55,12 @@ def test_cache_decoding_equals_full_forward(name):
   t = 24
   assert config.sliding_window_size is None or t > config.sliding_window_size
   tokens = _tokens(2, t, config.vocab_size)
-  model = tr.Transformer(config)
-  full = model.apply({'params': params}, tokens).logits
+  forward = _forward(config)
+  full = forward(params, tokens).logits
   cache = tr.init_cache(config, 2, 32)
-  step = jax.jit(lambda c, x: model.apply({'params': params}, x, cache=c))
   outs = []
   for i in range(t):
-    out = step(cache, tokens[:, i:i + 1])
+    out = forward(params, tokens[:, i:i + 1], cache=cache)
     cache = out.cache
     outs.append(out.logits[:, 0])
   diff = float(jnp.max(jnp.abs(jnp.stack(outs, 1) - full)))
@@ -64,16 +70,16 @@ def test_cache_decoding_equals_full_forward(name):
 def test_chunked_prefill_with_padding_equals_full_forward():
   config, params = _params('tiny_gemma3')
   tokens = _tokens(2, 20, config.vocab_size)
-  model = tr.Transformer(config)
-  full = model.apply({'params': params}, tokens).logits
+  forward = _forward(config)
+  full = forward(params, tokens).logits
   # Row 0 arrives as chunks of 7 + 13 tokens, row 1 as 12 + 8: shorter rows are padded.
   cache = tr.init_cache(config, 2, 40)
   chunk1 = jnp.stack([jnp.pad(tokens[0, :7], (0, 5)), tokens[1, :12]])
   mask1 = jnp.arange(12)[None] < jnp.array([[7], [12]])
-  o1 = model.apply({'params': params}, chunk1, mask1, cache=cache)
+  o1 = forward(params, chunk1, mask1, cache=cache)
   chunk2 = jnp.stack([tokens[0, 7:], jnp.pad(tokens[1, 12:], (0, 5))])
   mask2 = jnp.arange(13)[None] < jnp.array([[13], [8]])
-  o2 = model.apply({'params': params}, chunk2, mask2, cache=o1.cache)
+  o2 = forward(params, chunk2, mask2, cache=o1.cache)
   np.testing.assert_allclose(o1.logits[0, :7], full[0, :7], atol=1e-4)
   np.testing.assert_allclose(o2.logits[0], full[0, 7:], atol=1e-4)
   np.testing.assert_allclose(o2.logits[1, :8], full[1, 12:], atol=1e-4)
@@ -116,8 +122,8 @@ def test_bf16_weights_keep_fp32_activations(name):
   assert kinds['input_embedding'] == kinds['w'] == kinds['linear'] == jnp.bfloat16
   assert kinds['gating_einsum'] == jnp.bfloat16
   tokens = _tokens(2, 12, config.vocab_size)
-  ref = tr.Transformer(config).apply({'params': params}, tokens).logits
-  out = tr.Transformer(config16).apply({'params': params16}, tokens)
+  ref = _forward(config)(params, tokens).logits
+  out = _forward(config16)(params16, tokens)
   assert out.logits.dtype == jnp.float32
   err = float(jnp.max(jnp.abs(out.logits - ref)) / jnp.max(jnp.abs(ref)))
   assert 0 < err < 2e-2, err  # rounded, but only by bf16's 8-bit mantissa

@@ -79,6 +79,7 @@ def test_import_sample_calibrate_on_the_real_model(tmp_path):
   mtime = shard.stat().st_mtime_ns
   result = launch(tmp_path, 'sample')
   assert result.returncode == 0 and shard.stat().st_mtime_ns == mtime  # finished shards kept
+  assert 'shards exist' in result.stderr  # skipped before loading the model
 
 
 def test_weight_dtype_option_reaches_the_model_config():

@@ -39,10 +39,10 @@ def test_greedy_equals_argmax_of_full_forward(new_tokens):
   out = SAMPLER.sample(PARAMS, prompts, key=jax.random.key(0), max_new_tokens=new_tokens,
                        temperature=0.0, stop_tokens=[])
   model = tr.Transformer(CONFIG)
+  forward = jax.jit(lambda seq: model.apply({'params': PARAMS}, seq).logits[0])
   for prompt, gen in zip(prompts, out.sequences()):
     assert len(gen) == new_tokens
-    seq = jnp.asarray([prompt + gen])
-    logits = model.apply({'params': PARAMS}, seq).logits[0]
+    logits = forward(jnp.asarray([prompt + gen]))
     expected = jnp.argmax(logits[len(prompt) - 1:-1], axis=-1).tolist()
     assert gen == expected
 

@@ -47,14 +47,18 @@ def _stop_ids(config, tok) -> list[int]:
 def sample(config: ml_collections.ConfigDict, workdir: str) -> None:
   s = config.sample
   problems = _problems(config, workdir)  # bad data paths fail before the model loads
+  directory = samples_dir(config, workdir)
+  total = num_shards(len(problems), s.problems_per_batch)
+  if all(os.path.exists(shard_path(directory, shard)) for shard in range(total)):
+    logging.info('sample[%s/%s]: all %d shards exist in %s, skipping', config.model_name,
+                 config.task.name, total, directory)
+    return
   model, params, tok = sft.load_model(config, workdir, 'sample')
   prompts = {p.id: tok.encode(real_tasks.prompt(config, p), add_bos=True) for p in problems}
   # Similar prompt lengths in one batch: one length bucket, less padding.
   order = sorted(problems, key=lambda p: (len(prompts[p.id]), p.id))
-  directory = samples_dir(config, workdir)
   os.makedirs(directory, exist_ok=True)
   sampler, stop = Sampler(model, eos_id=tok.eos_id), _stop_ids(config, tok)
-  total = num_shards(len(order), s.problems_per_batch)
   t0, done_tokens, done_shards = time.perf_counter(), 0, 0
   for shard in range(total):
     path = shard_path(directory, shard)
