@@ -55,7 +55,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # vote: the proposer is sure of its own errors (BUILD.md, "A PRM that reads the likelihood").
   c.verifier_backbone = 'base_long'
   c.train_verifier_backbone = ml_collections.ConfigDict(dict(
-      init='base', steps=2000, learning_rate=5e-4, warmup_steps=50))
+      init='base', steps=2000, learning_rate=1e-3, warmup_steps=50))
   # PRM and ORM value-head training (stages train_prm, train_orm), from that backbone.
   c.train_prm = trainer.default_config()
   c.train_prm.update(dict(steps=1000, batch_size=32, learning_rate=1e-2, warmup_steps=20,
