@@ -24,7 +24,6 @@ difficulty bin, with the gap between pass@1 and the oracle that weighted `last` 
 from __future__ import annotations
 
 import datetime
-import json
 import os
 import sys
 from typing import Callable
@@ -36,6 +35,7 @@ from absl import app, flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from configs.arith import get_config  # noqa: E402
+from ttc_jax import workdir as wd  # noqa: E402
 from ttc_jax.pipeline import calibrate, common, prm_data, sample, train_base, train_prm  # noqa: E402
 from ttc_jax.tasks import arith  # noqa: E402
 from ttc_jax.training.objectives import ValueHead  # noqa: E402
@@ -169,9 +169,7 @@ def main(argv):
                        for m in METHODS)
     print(f'{name:24s} {cells} | gap closed ' +
           ' / '.join(f'{100 * row["gap_closed"][str(b)]:.0f}%' for b in groups), flush=True)
-  os.makedirs(os.path.dirname(_JSON.value) or '.', exist_ok=True)
-  with open(_JSON.value, 'w') as f:
-    json.dump(result, f, indent=1)
+  wd.atomic_write_json(_JSON.value, result)
   print(f'wrote {_JSON.value}')
 
 

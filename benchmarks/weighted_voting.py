@@ -19,7 +19,6 @@ It changes nothing in the pipeline: choose on the validation pool, read the test
 from __future__ import annotations
 
 import datetime
-import json
 import os
 import sys
 
@@ -28,6 +27,7 @@ from absl import app, flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from configs.arith import get_config  # noqa: E402
+from ttc_jax import workdir as wd  # noqa: E402
 from ttc_jax.pipeline import calibrate, eval_verifiers, sample  # noqa: E402
 from ttc_jax.tasks import arith  # noqa: E402
 from ttc_jax.verifiers import evaluation, selection  # noqa: E402
@@ -68,9 +68,9 @@ def main(argv):
   masks = {g: bins == int(g) for g in groups}
   subsets = evaluation.draw_subsets(np.random.default_rng(0), len(bins), pool, _N.value,
                                     _DRAWS.value)
-  oracle = evaluation.oracle_accuracy(correct, subsets)
+  oracle_per_problem = evaluation.oracle_accuracy(correct, subsets)
   pass1 = {g: float(correct[m].mean()) for g, m in masks.items()}
-  oracle = {g: float(oracle[m].mean()) for g, m in masks.items()}
+  oracle = {g: float(oracle_per_problem[m].mean()) for g, m in masks.items()}
 
   rows: dict[str, dict] = {}
 
@@ -101,9 +101,7 @@ def main(argv):
             'workdir': _WORKDIR.value, 'split': _SPLIT.value, 'pool': pool, 'n': _N.value,
             'draws': _DRAWS.value, 'num_problems': {g: int(m.sum()) for g, m in masks.items()},
             'pass@1': pass1, 'oracle': oracle, 'methods': rows}
-  os.makedirs(os.path.dirname(_JSON.value) or '.', exist_ok=True)
-  with open(_JSON.value, 'w') as f:
-    json.dump(result, f, indent=1)
+  wd.atomic_write_json(_JSON.value, result)
   print(f'wrote {_JSON.value}')
 
 
