@@ -1,85 +1,120 @@
-"""The launcher: `python -m launch.main --config=configs/<file>.py[:variant] --workdir=DIR --mode=STAGE`.
+"""The launcher: python -m launch.main --config=configs/<file>.py[:variant] --workdir=DIR --mode=MODE
 
-Each stage reads its inputs from the workdir, skips finished work and writes atomically. Bad
-input (an unknown config key, a missing input, an unwritable workdir) ends with one line.
+Every artifact lives in --workdir, with a manifest naming the config values it was made under.
+A stage skips finished work, resumes partial work, and stops on work made under other values
+(name the changed key) unless --rebuild_stale. Bad input ends with one line `error: ...`, exit 2.
 """
 
+import logging as py_logging
+import os
 import sys
-import time
 
+import tensorflow_datasets as tfds
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from ttc_jax import config_checks
 from ttc_jax import workdir as wd
-from ttc_jax.pipeline import (calibrate, data, eval_verifiers, import_model, prm_data, sample,
-                              sft, tokenizer, train_base, train_prm)
-from ttc_jax.sampling import demo
+from ttc_jax.errors import UserError
+from ttc_jax.pipeline import stages
 
-STAGES = {
-    'data': data.run,
-    'tokenizer': tokenizer.run,
-    'train_base': train_base.run,
-    'sample': sample.run,
-    'calibrate': calibrate.run,
-    'prm_data': prm_data.run,
-    'train_verifier_backbone': train_prm.run_backbone,
-    'train_prm': train_prm.run_prm,
-    'train_orm': train_prm.run_orm,
-    'eval_verifiers': eval_verifiers.run,
-    'demo': demo.run,
-    # Real checkpoints (configs/gemma3_270m_gsm8k.py): then `sample` and `calibrate` as above.
-    'import_model': import_model.run,
-    'sft': sft.run,
+VARIANTS = {
+    'configs/arith.py': 'default (CPU, the README main job), large (~14x base), tiny (tests), gpu',
+    'configs/gemma3_270m_gsm8k.py': 'default (GSM8K, 50 problems), math500, full, sft, tiny',
+    'configs/demo.py': 'default (tiny Gemma 3) or any named model config, e.g. gemma3_1b',
 }
-# `all` runs these in order.
-PIPELINE = ('data', 'tokenizer', 'train_base', 'sample', 'calibrate', 'prm_data',
-            'train_verifier_backbone', 'train_prm', 'train_orm', 'eval_verifiers')
+
+
+def _help() -> str:
+  lines = [__doc__.strip(), '',
+           'MODE: all (every stage of the config\'s pipeline, in order), status (per stage: done /',
+           'partial / missing / stale / damaged, and what runs next; runs nothing), or a stage.']
+  for kind, table in stages.KINDS.items():
+    lines.append(f'\nStages of the {kind} pipeline (`all` runs them in this order):')
+    lines += [f'  {s.name:<24} {s.summary}' for s in table]
+  lines.append('\nConfigs and their variants (--config=FILE:VARIANT):')
+  lines += [f'  {f:<30} {v}' for f, v in VARIANTS.items()]
+  lines += ['\nOverride any config value with --config.KEY=VALUE, e.g. --config.train.steps=600 '
+            '--config.sample.num_samples=16 (dotted keys as in the config file).']
+  return '\n'.join(lines)
+
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'ml_collections config file.')
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory holding every artifact.')
-_MODE = flags.DEFINE_enum('mode', 'all', ['all', *STAGES], 'Pipeline stage to run.')
+_MODE = flags.DEFINE_string('mode', 'all', 'all, status, or one stage (see above).')
+_REBUILD = flags.DEFINE_bool('rebuild_stale', False, 'Delete and rebuild outputs made under other '
+                             'config values (or from inputs rebuilt since) instead of stopping.')
 _TRACEBACK = flags.DEFINE_bool('traceback', False, 'Show full tracebacks for input errors.')
 flags.mark_flags_as_required(['config', 'workdir'])
 
-USER_ERRORS = (ValueError, KeyError, AttributeError, OSError)
 
-
-def _fail(e: BaseException, prefix: str = '') -> None:
-  message = str(e).replace('\\n', ' ').replace("\\'", "'").strip().strip("'\"")
-  print(f'error: {prefix}{" ".join(message.split())}', file=sys.stderr)
+def _fail(message: str) -> None:
+  print(f'error: {" ".join(message.split())}', file=sys.stderr)
   sys.exit(2)
+
+
+def _last_line(e: BaseException) -> str:
+  """The message of the innermost error: config_flags wraps a config file's exception (and its
+  traceback) into the text of its own."""
+  lines = [l.strip() for l in str(e).strip().splitlines() if l.strip()]
+  return lines[-1] if lines else type(e).__name__
 
 
 def _parse_flags(argv):
   try:
     return flags.FLAGS(argv)
-  except (flags.Error, *USER_ERRORS) as e:
+  except (flags.Error, KeyError, AttributeError, OSError, ValueError) as e:
+    # While parsing, these come from the command line itself: a config file that does not load,
+    # a variant it rejects, an override of a key the config does not have.
     if '--traceback' in argv:
       raise
     overrides = [a.split('=')[0] for a in argv if a.startswith('--config.')]
     unknown_key = isinstance(e, (KeyError, AttributeError)) or 'Did you mean' in str(e)
-    _fail(e, f'unknown config key among {overrides}: ' if unknown_key and overrides else '')
+    message = _last_line(e)
+    if isinstance(e, KeyError) and message.startswith(("'", '"')):
+      message = message[1:-1]  # str(KeyError) quotes its message
+    _fail(f'unknown config key among {overrides}: {message}' if unknown_key and overrides
+          else message)
+
+
+class _QuietLibraries(py_logging.Filter):
+  """Keeps library INFO lines (orbax logs a multi-kilobyte options dump per checkpoint manager)
+  off the console; their warnings, and every line of ours, still show."""
+
+  def filter(self, record: py_logging.LogRecord) -> bool:
+    if f'{os.sep}ttc_jax{os.sep}' in record.pathname:
+      return True
+    # TFDS warns at every builder of a config it has no registry entry for: all of ours.
+    return (record.levelno >= py_logging.WARNING
+            and not str(record.msg).startswith('Using custom data configuration'))
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  logging.get_absl_handler().addFilter(_QuietLibraries())
+  tfds.disable_progress_bar()
   try:
-    try:
-      config = _CONFIG.value
-    except OSError as e:
-      raise FileNotFoundError(f'cannot load --config: {str(e).splitlines()[-1].strip()}') from None
-    workdir = wd.prepare(_WORKDIR.value)
-    for stage in PIPELINE if _MODE.value == 'all' else (_MODE.value,):
-      logging.info('stage %s in %s', stage, workdir)
-      t0 = time.perf_counter()
-      STAGES[stage](config, workdir)
-      logging.info('stage %s finished in %.1f s', stage, time.perf_counter() - t0)
-  except USER_ERRORS as e:
+    config = _CONFIG.value
+    if config is None:
+      raise UserError('--config did not load; pass --config=configs/<file>.py[:variant]')
+    config_checks.check(config)
+    workdir = os.path.abspath(_WORKDIR.value)
+    if _MODE.value == 'status':
+      print(stages.status_report(config, workdir))
+      return
+    chosen = stages.select(config, _MODE.value)
+    for stage in chosen:  # each stage's declarations check their config values before any work
+      stage.outputs(config, workdir)
+    workdir = wd.prepare(workdir)
+    for stage in chosen:
+      stages.execute(stage, config, workdir, _REBUILD.value)
+  except UserError as e:
     if _TRACEBACK.value:
       raise
-    _fail(e)
+    _fail(str(e))
 
 
 if __name__ == '__main__':
+  sys.modules['__main__'].__doc__ = _help()  # absl's --help prints the main module's docstring
   app.run(main, flags_parser=_parse_flags)

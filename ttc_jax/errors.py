@@ -28,3 +28,7 @@ class StaleArtifactError(UserError):
 
 class ConfigError(UserError, ValueError):
   """A config value is out of range or inconsistent with another one."""
+
+
+class BadInputError(UserError, ValueError):
+  """An input file (a checkpoint to import, a dataset's JSONL) is not what the stage expects."""

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import io
 import os
-import tempfile
 from typing import Iterable, Sequence
 
 import sentencepiece as spm
+
+from ttc_jax import workdir
+from ttc_jax.errors import MissingInputError
 
 # Gemma's convention; our models also treat token 0 as padding.
 PAD_ID, EOS_ID, BOS_ID, UNK_ID = 0, 1, 2, 3
@@ -24,12 +26,15 @@ class Tokenizer:
     self._sp = processor
 
   @classmethod
-  def load(cls, path: str | os.PathLike) -> Tokenizer:
-    """Any SentencePiece `.model` file (ours or Gemma's)."""
+  def load(cls, path: str | os.PathLike, *, stage: str = '') -> Tokenizer:
+    """Any SentencePiece `.model` file (ours or Gemma's); `stage` is the one that writes it."""
     path = os.fspath(path)
     if not os.path.isfile(path):
-      raise FileNotFoundError(f'tokenizer model {path} not found; expected a SentencePiece .model')
-    return cls(spm.SentencePieceProcessor(model_file=path))
+      raise MissingInputError(f'tokenizer model {path} not found; expected a SentencePiece .model')
+    try:
+      return cls(spm.SentencePieceProcessor(model_file=path))
+    except (RuntimeError, OSError):  # e.g. "INTERNAL: could not parse ModelProto from <path>"
+      raise workdir.damaged(path, 'not a SentencePiece model', stage) from None
 
   @classmethod
   def train(cls, texts: Iterable[str], path: str | os.PathLike, vocab_size: int,
@@ -51,13 +56,8 @@ class Tokenizer:
         normalization_rule_name='identity', remove_extra_whitespaces=False,
         add_dummy_prefix=False, max_sentence_length=1 << 16,
         pad_id=PAD_ID, eos_id=EOS_ID, bos_id=BOS_ID, unk_id=UNK_ID, minloglevel=2)
-    path = os.fspath(path)
-    directory = os.path.dirname(path) or '.'
-    os.makedirs(directory, exist_ok=True)
-    # Readers must never see a half-written model, so write a temporary file and rename it.
-    with tempfile.NamedTemporaryFile(dir=directory, suffix='.tmp', delete=False) as f:
-      f.write(model.getvalue())
-    os.replace(f.name, path)
+    # Readers must never see a half-written model: a temporary file, then renamed.
+    workdir.atomic_write_bytes(os.fspath(path), model.getvalue())
     return cls(spm.SentencePieceProcessor(model_proto=model.getvalue()))
 
   def encode(self, text: str, add_bos: bool = False, add_eos: bool = False) -> list[int]:

@@ -12,6 +12,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from ttc_jax.errors import BadInputError, MissingInputError
 from ttc_jax.model import transformer
 from ttc_jax.model.config import TransformerConfig
 
@@ -72,7 +73,7 @@ def load_params(path: str, config: TransformerConfig):
   """Restores params saved by `save_params` or an official Gemma orbax checkpoint."""
   path = os.path.abspath(path)
   if not os.path.isdir(path):
-    raise FileNotFoundError(f'checkpoint directory {path} does not exist; expected an orbax '
+    raise MissingInputError(f'checkpoint directory {path} does not exist; expected an orbax '
                             'checkpoint directory')
   try:
     with ocp.PyTreeCheckpointer() as ckptr:
@@ -85,7 +86,7 @@ def load_params(path: str, config: TransformerConfig):
   except CheckpointMismatchError:
     raise
   except Exception as e:  # orbax raises many types for truncated or foreign directories.
-    raise ValueError(f'checkpoint {path} could not be read ({type(e).__name__}: '
+    raise BadInputError(f'checkpoint {path} could not be read ({type(e).__name__}: '
                      f'{str(e).splitlines()[0][:200]}); expected a complete orbax checkpoint '
                      '(re-save it, or point to another step)') from None
   return transformer.cast_params(_nest(_as_dict(restored)), config)

@@ -20,6 +20,7 @@ import gguf
 import numpy as np
 from sentencepiece import sentencepiece_model_pb2 as sp_pb2
 
+from ttc_jax.errors import BadInputError, MissingInputError
 from ttc_jax.model.config import TransformerConfig, gemma3
 
 ARCHITECTURE = 'gemma3'
@@ -37,18 +38,18 @@ def open_reader(path: str | os.PathLike) -> gguf.GGUFReader:
   """A GGUFReader of a complete Gemma 3 file; one-line errors for anything else."""
   path = os.fspath(path)
   if not os.path.isfile(path):
-    raise FileNotFoundError(f'GGUF file {path} not found')
+    raise MissingInputError(f'GGUF file {path} not found')
   try:
     reader = gguf.GGUFReader(path)
   except Exception as e:  # The reader raises ValueError, IndexError, ... on truncated files.
-    raise ValueError(f'{path} is not a readable GGUF file ({type(e).__name__}: '
+    raise BadInputError(f'{path} is not a readable GGUF file ({type(e).__name__}: '
                      f'{str(e).splitlines()[0][:160] if str(e) else "truncated?"})') from None
   arch = _field(reader, 'general.architecture', path)
   if arch != ARCHITECTURE:
-    raise ValueError(f'{path} holds a {arch!r} model; expected a {ARCHITECTURE!r} GGUF')
+    raise BadInputError(f'{path} holds a {arch!r} model; expected a {ARCHITECTURE!r} GGUF')
   end = max(t.data_offset + t.n_bytes for t in reader.tensors)
   if end > os.path.getsize(path):
-    raise ValueError(f'{path} is truncated: tensor data ends at byte {end} but the file has '
+    raise BadInputError(f'{path} is truncated: tensor data ends at byte {end} but the file has '
                      f'{os.path.getsize(path)} bytes')
   return reader
 
@@ -58,7 +59,7 @@ def _field(reader: gguf.GGUFReader, key: str, path: str, default=None):
   if field is None:
     if default is not None:
       return default
-    raise ValueError(f'{path} has no metadata key {key!r}; expected a llama.cpp Gemma 3 GGUF')
+    raise BadInputError(f'{path} has no metadata key {key!r}; expected a llama.cpp Gemma 3 GGUF')
   return field.contents()
 
 
@@ -67,10 +68,10 @@ def read_config(reader: gguf.GGUFReader, path: str = '') -> TransformerConfig:
   get = lambda key, default=None: _field(reader, f'{ARCHITECTURE}.{key}', path, default)
   head_dim = int(get('attention.key_length'))
   if int(get('attention.value_length', head_dim)) != head_dim:
-    raise ValueError(f'{path}: key_length != value_length is not a Gemma 3 layout')
+    raise BadInputError(f'{path}: key_length != value_length is not a Gemma 3 layout')
   eps = float(get('attention.layer_norm_rms_epsilon', 1e-6))
   if abs(eps - 1e-6) > 1e-9:
-    raise ValueError(f'{path}: rms_norm_eps={eps}; our RMSNorm uses 1e-6')
+    raise BadInputError(f'{path}: rms_norm_eps={eps}; our RMSNorm uses 1e-6')
   return gemma3(
       vocab_size=len(_field(reader, 'tokenizer.ggml.tokens', path)),
       embed_dim=int(get('embedding_length')), hidden_dim=int(get('feed_forward_length')),
@@ -103,9 +104,9 @@ def convert_params(tensors: dict[str, np.ndarray], config: TransformerConfig) ->
       f'blk.{i}.{name}.weight' for i in range(c.num_layers) for name in _LAYER_TENSORS]
   for name in expected:
     if name not in tensors:
-      raise ValueError(f'GGUF has no tensor {name!r}; expected a Gemma 3 text model')
+      raise BadInputError(f'GGUF has no tensor {name!r}; expected a Gemma 3 text model')
   if 'output.weight' in tensors:
-    raise ValueError('GGUF has an untied output.weight; Gemma ties it to token_embd')
+    raise BadInputError('GGUF has an untied output.weight; Gemma ties it to token_embd')
   norm = lambda name: tensors[name] - 1.0  # llama.cpp stored 1 + scale.
   to_einsum = lambda w, heads: w.reshape(heads, h, d).transpose(0, 2, 1)  # [N*H, D] -> [N, D, H]
   params = {'embedder': {'input_embedding': tensors['token_embd.weight']},
@@ -144,7 +145,7 @@ def tokenizer_proto(reader: gguf.GGUFReader, path: str = '') -> bytes:
   """
   model = _field(reader, 'tokenizer.ggml.model', path)
   if model != 'llama':
-    raise ValueError(f'{path}: tokenizer.ggml.model is {model!r}; expected SentencePiece '
+    raise BadInputError(f'{path}: tokenizer.ggml.model is {model!r}; expected SentencePiece '
                      "('llama')")
   tokens = _field(reader, 'tokenizer.ggml.tokens', path)
   scores = _field(reader, 'tokenizer.ggml.scores', path)

@@ -15,6 +15,7 @@ import pathlib
 import numpy as np
 from safetensors import safe_open
 
+from ttc_jax.errors import BadInputError, MissingInputError
 from ttc_jax.model.config import AttentionType, TransformerConfig, gemma3
 
 _TYPES = {'sliding_attention': AttentionType.LOCAL_SLIDING, 'full_attention': AttentionType.GLOBAL}
@@ -33,7 +34,7 @@ def _rope(cfg: dict, kind: str) -> tuple[float, float]:
     p = {'rope_theta': cfg.get('rope_theta', 1_000_000.0), **(cfg.get('rope_scaling') or {})}
   rope_type = p.get('rope_type', p.get('type', 'default'))
   if rope_type not in ('default', 'linear'):
-    raise ValueError(f'rope_type {rope_type!r} of {kind} layers is not supported (default, linear)')
+    raise BadInputError(f'rope_type {rope_type!r} of {kind} layers is not supported (default, linear)')
   return float(p['rope_theta']), float(p.get('factor', 1.0)) if rope_type == 'linear' else 1.0
 
 
@@ -41,13 +42,13 @@ def read_config(cfg: dict, where: str = 'config.json') -> TransformerConfig:
   """Our config from a Gemma3TextConfig dict (or a Gemma3Config's `text_config`)."""
   cfg = cfg.get('text_config', cfg)
   if cfg.get('model_type') not in ('gemma3_text', 'gemma3'):
-    raise ValueError(f'{where} has model_type {cfg.get("model_type")!r}; expected gemma3_text')
+    raise BadInputError(f'{where} has model_type {cfg.get("model_type")!r}; expected gemma3_text')
   for key in ('vocab_size', 'hidden_size', 'intermediate_size', 'num_hidden_layers',
               'num_attention_heads', 'num_key_value_heads', 'head_dim'):
     if key not in cfg:
-      raise ValueError(f'{where} has no {key!r}; expected a Gemma 3 text config')
+      raise BadInputError(f'{where} has no {key!r}; expected a Gemma 3 text config')
   if cfg.get('hidden_activation', 'gelu_pytorch_tanh') != 'gelu_pytorch_tanh':
-    raise ValueError(f'{where}: hidden_activation {cfg["hidden_activation"]!r}; ours is the '
+    raise BadInputError(f'{where}: hidden_activation {cfg["hidden_activation"]!r}; ours is the '
                      'tanh-approximate GELU')
   n = cfg['num_hidden_layers']
   layer_types = cfg.get('layer_types') or [
@@ -78,7 +79,7 @@ def _read_tensors(directory: pathlib.Path) -> dict[str, np.ndarray]:
   elif (directory / 'model.safetensors').is_file():
     files = ['model.safetensors']
   else:
-    raise FileNotFoundError(f'{directory} has no model.safetensors or '
+    raise MissingInputError(f'{directory} has no model.safetensors or '
                             'model.safetensors.index.json; expected a HF checkpoint directory')
   tensors = {}
   for name in files:
@@ -88,7 +89,7 @@ def _read_tensors(directory: pathlib.Path) -> dict[str, np.ndarray]:
         for key in f.keys():
           tensors[key] = np.asarray(f.get_tensor(key), np.float32)
     except Exception as e:  # safetensors raises its own error types for truncated files.
-      raise ValueError(f'{directory / name} could not be read ({type(e).__name__}: '
+      raise BadInputError(f'{directory / name} could not be read ({type(e).__name__}: '
                        f'{str(e).splitlines()[0][:160]}); expected a complete safetensors '
                        'file') from None
   return tensors
@@ -98,13 +99,13 @@ def convert_params(tensors: dict[str, np.ndarray], config: TransformerConfig) ->
   """HF Gemma 3 state dict (numpy) -> our tree."""
   prefix = next((p for p in _PREFIXES if f'{p}embed_tokens.weight' in tensors), None)
   if prefix is None:
-    raise ValueError('checkpoint has no embed_tokens.weight; expected a Gemma 3 causal LM')
+    raise BadInputError('checkpoint has no embed_tokens.weight; expected a Gemma 3 causal LM')
   c = config
   n, k, h, d = c.num_heads, c.num_kv_heads, c.head_dim, c.embed_dim
 
   def get(name: str) -> np.ndarray:
     if prefix + name not in tensors:
-      raise ValueError(f'checkpoint has no tensor {prefix + name!r}; expected {c.num_layers} '
+      raise BadInputError(f'checkpoint has no tensor {prefix + name!r}; expected {c.num_layers} '
                        'Gemma 3 layers')
     return tensors[prefix + name]
 
@@ -131,10 +132,10 @@ def convert_params(tensors: dict[str, np.ndarray], config: TransformerConfig) ->
         'post_ffw_norm': s('post_feedforward_layernorm'),
     }
   if f'layers.{c.num_layers}.input_layernorm.weight' in {k[len(prefix):] for k in tensors}:
-    raise ValueError(f'checkpoint has more than the {c.num_layers} layers of its config')
+    raise BadInputError(f'checkpoint has more than the {c.num_layers} layers of its config')
   lm_head = tensors.get('lm_head.weight')
   if lm_head is not None and not np.array_equal(lm_head, params['embedder']['input_embedding']):
-    raise ValueError('checkpoint has an untied lm_head.weight; Gemma ties it to embed_tokens')
+    raise BadInputError('checkpoint has an untied lm_head.weight; Gemma ties it to embed_tokens')
   return params
 
 
@@ -143,10 +144,10 @@ def load(directory: str | os.PathLike) -> tuple[TransformerConfig, dict]:
   directory = pathlib.Path(directory)
   config_path = directory / 'config.json'
   if not config_path.is_file():
-    raise FileNotFoundError(f'{config_path} not found; expected a HF checkpoint directory')
+    raise MissingInputError(f'{config_path} not found; expected a HF checkpoint directory')
   try:
     cfg = json.loads(config_path.read_text())
   except json.JSONDecodeError as e:
-    raise ValueError(f'{config_path} is not valid JSON ({e.msg})') from None
+    raise BadInputError(f'{config_path} is not valid JSON ({e.msg})') from None
   config = read_config(cfg, str(config_path))
   return config, convert_params(_read_tensors(directory), config)

@@ -8,36 +8,21 @@ for both and its rows also carry the base model's pass@1 (the FLOPs-matched comp
 
 from __future__ import annotations
 
-import math
-import os
 
 import matplotlib
 import ml_collections
 import numpy as np
 from absl import logging
 
+from ttc_jax import artifacts
 from ttc_jax import workdir as wd
-from ttc_jax.pipeline import common, real_tasks, sample
+from ttc_jax.errors import UserError
+from ttc_jax.pipeline import common, sample
 from ttc_jax.tasks import arith
+from ttc_jax.verifiers.evaluation import difficulty_bins, pass_at_k
 
 matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # noqa: E402
-
-
-def pass_at_k(n: int, c: int, k: int) -> float:
-  """Unbiased pass@k of Chen et al. (2021) from c correct out of n samples."""
-  if n - c < k:
-    return 1.0
-  return 1.0 - math.comb(n - c, k) / math.comb(n, k)
-
-
-def difficulty_bins(pass1: np.ndarray, num_bins: int) -> np.ndarray:
-  """Bin per problem, 1 = easiest: equal-size quantiles of pass@1 (ties broken by index)."""
-  order = np.lexsort((np.arange(len(pass1)), -pass1))
-  bins = np.empty(len(pass1), np.int64)
-  for b, chunk in enumerate(np.array_split(order, num_bins)):
-    bins[chunk] = b + 1
-  return bins
 
 
 def summarize(recs: list[dict], ks: tuple[int, ...]) -> dict:
@@ -64,30 +49,30 @@ def error_locality(recs: list[dict], problems: dict[str, arith.Problem], limit: 
           'fraction': {k: v / total for k, v in kinds.items()}}
 
 
+def outputs(config: ml_collections.ConfigDict, workdir: str) -> list[artifacts.Artifact]:
+  return [artifacts.calibration(config, workdir)]
+
+
 def run(config: ml_collections.ConfigDict, workdir: str) -> None:
-  if real_tasks.is_real(config):  # GSM8K / MATH500 with a real model
-    from ttc_jax.pipeline import real_eval  # pylint: disable=g-import-not-at-top (cycle)
-    return real_eval.calibrate(config, workdir)
   name, c = config.model_name, config.calibrate
-  out_path = common.calibration_path(workdir, name)
-  if os.path.exists(out_path):
-    logging.info('calibrate: %s exists, skipping', out_path)
-    return
+  out = artifacts.calibration(config, workdir)
   recs = sample.load_samples(config, workdir, 'calibrate')
   problems = {p.id: p for p in common.load_problems(
       config, workdir, config.sample.split, 'calibrate')}
   ks = tuple(c.ks)
   base = recs
   if name != 'base':
-    base_config = config.copy_and_resolve_references()
-    base_config.model_name = 'base'
-    by_id = {r['id']: r for r in sample.load_samples(base_config, workdir, 'calibrate')}
+    by_id = {r['id']: r for r in sample.load_samples(config, workdir, 'calibrate', 'base')}
     missing = [r['id'] for r in recs if r['id'] not in by_id]
     if missing:
-      raise ValueError(f'calibrate[{name}]: {len(missing)} problems (e.g. {missing[0]}) have no '
-                       f'base-model samples to bin them by; sample the base model on them first')
+      raise UserError(f'calibrate[{name}]: {len(missing)} problems (e.g. {missing[0]}) have no '
+                      f'base-model samples to bin them by; sample the base model on them first')
     base = [by_id[r['id']] for r in recs]
-  bins = difficulty_bins(np.array([np.mean(r['correct']) for r in base]), c.num_bins)
+  if c.num_bins > len(recs):
+    raise UserError(f'--config.calibrate.num_bins={c.num_bins} exceeds the {len(recs)} sampled '
+                    'problems; expected at most one bin per problem')
+  base_pass1 = np.array([np.mean(r['correct']) for r in base])
+  bins = difficulty_bins(base_pass1, c.num_bins)
   rows = {}
   for b in range(1, c.num_bins + 1):
     rows[str(b)] = summarize([r for r, x in zip(recs, bins) if x == b], ks)
@@ -106,8 +91,18 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
                  ' '.join(f'{k}={v:.3f}' for k, v in row.items() if 'pass@' in k))
   logging.info('calibrate[%s]: first wrong step kinds %s', name,
                result['error_locality']['fraction'])
-  _plot(result, ks, os.path.splitext(out_path)[0] + '.png')
-  wd.atomic_write_json(out_path, result)
+  # Per problem, in sample order: the policy's cross-validation over problems reads these.
+  wd.atomic_write_json(out.file('per_problem.json'), {
+      'model': name, 'split': config.sample.split, 'bins_by': 'base',
+      'problems': [{'id': r['id'], 'num_ops': r['num_ops'], 'num_samples': len(r['correct']),
+                    'pass@1': float(np.mean(r['correct'])), 'base_pass@1': float(p1),
+                    'bin': int(b)} for r, p1, b in zip(recs, base_pass1, bins)]})
+  wd.atomic_write_json(out.file('difficulty.json'), {
+      'kind': 'oracle', 'by': "the base model's pass@1 over its sample pool, against the gold "
+      'answer', 'num_bins': c.num_bins, 'bin_1': 'easiest',
+      'bins': {r['id']: int(b) for r, b in zip(recs, bins)}})
+  _plot(result, ks, out.file('pass_at_k.png'))
+  wd.atomic_write_json(out.file('calibration.json'), result)
 
 
 def _plot(result: dict, ks: tuple[int, ...], path: str) -> None:
@@ -122,7 +117,5 @@ def _plot(result: dict, ks: tuple[int, ...], path: str) -> None:
   ax.set_title(f"{result['model']}: pass@k by difficulty bin (1 = easiest)")
   ax.legend(fontsize=7)
   fig.tight_layout()
-  tmp = path + '.tmp.png'
-  fig.savefig(tmp, dpi=120)
+  wd.atomic_write_figure(fig, path, dpi=120)
   plt.close(fig)
-  os.replace(tmp, path)

@@ -5,12 +5,17 @@ from __future__ import annotations
 import ml_collections
 from absl import logging
 
+from ttc_jax import artifacts
 from ttc_jax.pipeline import common
 from ttc_jax.tasks import arith, records
 
 
+def outputs(config: ml_collections.ConfigDict, workdir: str) -> list[artifacts.Artifact]:
+  return [artifacts.data(config, workdir)]
+
+
 def run(config: ml_collections.ConfigDict, workdir: str) -> None:
-  builder = records.prepare(arith.ArithBuilder, common.data_dir(workdir),
+  builder = records.prepare(arith.ArithBuilder, artifacts.data(config, workdir).path,
                             config=common.arith_builder_config(config))
   sizes = {name: split.num_examples for name, split in builder.info.splits.items()}
   logging.info('data: %s ready in %s: %s', builder.builder_config.name, builder.data_dir, sizes)

@@ -2,19 +2,18 @@
 
 Every pooled sample of the sample split is scored once by the PRM and the ORM (one forward pass
 per sample, all step ends; the two heads share it when they sit on one frozen backbone); the
-step scores are cached per sample shard under verifier_scores/<model>/<split>/<verifier name>/
-(atomic; a rerun skips them, a kill loses at most one shard). Then, for each N and difficulty
-bin, every method's accuracy is averaged over many random draws of N samples from the pool (the
-same draws for all methods). Writes verifiers.json
-and verifiers.png (accuracy vs N, overall and per bin), plus the PRM's calibration on held-out
-Monte-Carlo step labels (prm_reliability.png); with config.verifier_backbone set to a model other
-than the proposer, the names get `_on_<backbone>` (verifiers_on_large.json, ...).
+step scores are cached per sample shard in `artifacts.verifier_scores` (atomic; a rerun skips
+them, a kill loses at most one shard). Then, for each N and difficulty bin, every method's
+accuracy is averaged over many random draws of N samples from the pool (the same draws for all
+methods). Writes into `artifacts.verifier_eval` (eval_verifiers/<model>/<split>/on_<backbone>/):
+verifiers.json (bin means), per_problem.npz (per problem, method and N: the accuracy over the
+draws), verifiers.png (accuracy vs N, overall and per bin), and the PRM's calibration on held-out
+Monte-Carlo step labels (prm_reliability.png).
 """
 
 from __future__ import annotations
 
 import functools
-import io
 import os
 import time
 from typing import Callable
@@ -24,8 +23,10 @@ import ml_collections
 import numpy as np
 from absl import logging
 
+from ttc_jax import artifacts
 from ttc_jax import workdir as wd
-from ttc_jax.pipeline import calibrate, common, prm_data, sample, train_prm
+from ttc_jax.errors import UserError
+from ttc_jax.pipeline import common, prm_data, sample, sample_shards, train_prm
 from ttc_jax.tasks import arith
 from ttc_jax.verifiers import evaluation, scoring, selection
 from ttc_jax.verifiers.evaluation import Method
@@ -34,7 +35,7 @@ matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # noqa: E402
 
 STAGE = 'eval_verifiers'
-KINDS = ('prm', 'orm')
+KINDS = artifacts.VERIFIER_KINDS
 METHODS = (
     Method('majority', 'majority'),
     *(Method(f'prm_bon_{a}', 'best_of_n', f'prm/{a}') for a in selection.AGGREGATIONS),
@@ -44,36 +45,20 @@ METHODS = (
 )
 
 
-def scores_dir(config: ml_collections.ConfigDict, workdir: str, kind: str) -> str:
-  return os.path.join(workdir, 'verifier_scores', config.model_name, config.sample.split,
-                      train_prm.verifier_name(config, kind))
+def outputs(config: ml_collections.ConfigDict, workdir: str) -> list[artifacts.Artifact]:
+  return [*(artifacts.verifier_scores(config, workdir, kind) for kind in KINDS),
+          artifacts.verifier_eval(config, workdir)]
 
 
-def output_path(config: ml_collections.ConfigDict, workdir: str, stem: str, ext: str) -> str:
-  """workdir/<stem>[_on_<backbone>].<ext>: the results of verifiers on another backbone sit next
-  to the proposer-backbone ones instead of replacing them."""
-  return os.path.join(workdir, f'{stem}{train_prm.backbone_suffix(config)}.{ext}')
-
-
-def _write_npz(path: str, **arrays: np.ndarray) -> None:
-  buf = io.BytesIO()
-  np.savez(buf, **arrays)
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  tmp = f'{path}.tmp-{os.getpid()}'
-  with open(tmp, 'wb') as f:
-    f.write(buf.getvalue())
-  os.replace(tmp, path)
-
-
-def _read_npz(path: str, ids: list[str]) -> list[np.ndarray] | None:
+def _read_scores(path: str, ids: list[str]) -> list[np.ndarray] | None:
   """Cached flat step scores of one shard, or None if absent or made for other samples."""
   if not os.path.exists(path):
     return None
-  with np.load(path) as z:
-    if z['ids'].tolist() != ids:
-      logging.warning('%s: %s holds other samples; rescoring', STAGE, path)
-      return None
-    steps, offsets = z['steps'], z['offsets']
+  z = wd.read_npz(path, stage=STAGE, keys=('ids', 'steps', 'offsets'))
+  if z['ids'].tolist() != ids:
+    logging.warning('%s: %s holds other samples; rescoring', STAGE, path)
+    return None
+  steps, offsets = z['steps'], z['offsets']
   return [steps[a:b] for a, b in zip(offsets[:-1], offsets[1:])]
 
 
@@ -86,14 +71,14 @@ def score_samples(config: ml_collections.ConfigDict, workdir: str, recs: list[di
   cache are scored together (a frozen backbone's pass is shared: `Scorer.score_verifiers`)."""
   per_shard = config.sample.problems_per_batch
   out: dict[str, list[list[np.ndarray]]] = {}
-  total = sample.num_shards(len(recs), per_shard)
+  total = sample_shards.num_shards(len(recs), per_shard)
   t0, done = time.perf_counter(), 0
   for shard in range(total):
     chunk = recs[shard * per_shard:(shard + 1) * per_shard]
     ids = [r['id'] for r in chunk]
-    paths = {kind: os.path.join(scores_dir(config, workdir, kind), f'shard_{shard:05d}.npz')
+    paths = {kind: artifacts.verifier_scores(config, workdir, kind).file(f'shard_{shard:05d}.npz')
              for kind in KINDS}
-    flats = {kind: _read_npz(path, ids) for kind, path in paths.items()}
+    flats = {kind: _read_scores(path, ids) for kind, path in paths.items()}
     todo = [kind for kind, flat in flats.items() if flat is None]
     if todo:
       scorer, params = verifiers()
@@ -109,8 +94,8 @@ def score_samples(config: ml_collections.ConfigDict, workdir: str, recs: list[di
         by_key = dict(zip(unique, scored[kind]))
         flats[kind] = [by_key[k].astype(np.float32) for k in keys]  # as cached
         offsets = np.cumsum([0] + [len(x) for x in flats[kind]])
-        _write_npz(paths[kind], ids=np.array(ids), offsets=offsets,
-                   steps=np.concatenate(flats[kind]).astype(np.float32))
+        wd.atomic_write_npz(paths[kind], ids=np.array(ids), offsets=offsets,
+                            steps=np.concatenate(flats[kind]).astype(np.float32))
       done += len(keys)
       logging.info('%s[%s]: shard %d/%d (%d distinct of %d samples), %.1f samples/s', STAGE,
                    '+'.join(todo), shard + 1, total, len(unique), len(keys),
@@ -134,7 +119,7 @@ def prm_calibration(config: ml_collections.ConfigDict, workdir: str,
                         [s.completion_ids for s in labels])
   for s, x in zip(labels, scores):
     if len(x) != len(s.labels):
-      raise ValueError(f'prm_data solution {s.problem_id}/{s.sample_index} has {len(s.labels)} '
+      raise UserError(f'prm_data solution {s.problem_id}/{s.sample_index} has {len(s.labels)} '
                        f'labels but {len(x)} step ends; expected equal (relabel with prm_data)')
   out = evaluation.reliability(np.concatenate(scores), np.concatenate(
       [s.labels for s in labels]), config.eval_verifiers.calibration_bins)
@@ -155,20 +140,25 @@ def candidate_scores(step_scores: list[list[np.ndarray]]) -> dict[str, np.ndarra
 
 
 def accuracy_table(answer_ids: np.ndarray, correct: np.ndarray, scores: dict[str, np.ndarray],
-                   bins: np.ndarray, ns: tuple[int, ...], draws: int, seed: int) -> dict:
-  """{'overall'|bin: {method: {'accuracy': [per N], 'stderr': [per N]}}} over subsampled draws."""
+                   bins: np.ndarray, ns: tuple[int, ...], draws: int, seed: int
+                   ) -> tuple[dict, dict[str, np.ndarray]]:
+  """({'overall'|bin: {method: {'accuracy': [per N], 'stderr': [per N]}}}, {method: [P, len(ns)]
+  accuracy per problem}), both over the same subsampled draws."""
   groups = {'overall': np.ones(len(bins), bool)}
   groups.update({str(b): bins == b for b in sorted(set(bins.tolist()))})
   table = {g: {'num_problems': int(m.sum()), 'methods': {}} for g, m in groups.items()}
   rng = np.random.default_rng(seed)
   pool = correct.shape[1]
+  columns: dict[str, list[np.ndarray]] = {}
   for n in ns:
     subsets = evaluation.draw_subsets(rng, len(bins), pool, n, draws)
     per_problem = {m.name: evaluation.method_accuracy(m, answer_ids, correct, scores, subsets)
                    for m in METHODS}
     per_problem['oracle'] = evaluation.oracle_accuracy(correct, subsets)
-    per_problem['pass@N'] = np.array([calibrate.pass_at_k(pool, int(c), n)
+    per_problem['pass@N'] = np.array([evaluation.pass_at_k(pool, int(c), n)
                                       for c in correct.sum(1)])
+    for name, acc in per_problem.items():
+      columns.setdefault(name, []).append(acc)
     for g, m in groups.items():
       for name, acc in per_problem.items():
         row = table[g]['methods'].setdefault(name, {'accuracy': [], 'stderr': []})
@@ -178,21 +168,19 @@ def accuracy_table(answer_ids: np.ndarray, correct: np.ndarray, scores: dict[str
     logging.info('%s: N=%d overall %s', STAGE, n, ' '.join(
         f'{k}={overall[k]["accuracy"][-1]:.3f}'
         for k in ('majority', 'prm_weighted_last', 'orm_weighted', 'pass@N')))
-  return table
+  return table, {name: np.stack(cols, axis=1) for name, cols in columns.items()}
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> None:
   c = config.eval_verifiers
-  out_path = output_path(config, workdir, 'verifiers', 'json')
-  if os.path.exists(out_path):
-    logging.info('%s: %s exists, skipping', STAGE, out_path)
-    return
+  out = artifacts.verifier_eval(config, workdir)
   recs = sample.load_samples(config, workdir, STAGE)
   pool = len(recs[0]['completions'])
   ns = tuple(int(n) for n in c.ns if n <= pool)
   if not ns:
-    raise ValueError(f'eval_verifiers.ns={tuple(c.ns)} has no N <= the pool of {pool} samples')
-  tok = common.load_tokenizer(workdir, STAGE)
+    raise UserError(f'--config.eval_verifiers.ns={tuple(c.ns)} has no N <= the pool of {pool} '
+                    'samples; expected at least one')
+  tok = common.load_tokenizer(config, workdir, STAGE)
   problems = common.load_problems(config, workdir, config.sample.split, STAGE)
   prompts = {p.id: common.encode_example(tok, p)[0] for p in problems}
 
@@ -211,20 +199,24 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
   answer_ids = np.stack([selection.answer_ids([arith.extract_answer(t) for t in r['completions']])
                          for r in recs])
   correct = np.array([r['correct'] for r in recs], bool)
-  bins = calibrate.difficulty_bins(correct.mean(1), config.calibrate.num_bins)
-  table = accuracy_table(answer_ids, correct, scores, bins, ns, c.num_draws, c.seed)
-  result = {'model': config.model_name, 'verifier_backbone': train_prm.backbone_name(config),
+  bins = evaluation.difficulty_bins(correct.mean(1), config.calibrate.num_bins)
+  table, per_problem = accuracy_table(answer_ids, correct, scores, bins, ns, c.num_draws, c.seed)
+  result = {'model': config.model_name, 'verifier_backbone': artifacts.backbone_name(config),
             'split': config.sample.split, 'pool': pool,
             'num_draws': c.num_draws, 'seed': c.seed, 'ns': list(ns),
             'methods': {m.name: {'selection': m.selection, 'score': m.score} for m in METHODS},
             'groups': table,
             'prm_calibration': prm_calibration(config, workdir, verifiers)}
-  _plot_accuracy(result, output_path(config, workdir, 'verifiers', 'png'))
+  _plot_accuracy(result, out.file('verifiers.png'))
   if result['prm_calibration'] is not None:
-    _plot_reliability(result['prm_calibration'],
-                      output_path(config, workdir, 'prm_reliability', 'png'))
-  wd.atomic_write_json(out_path, result)
-  logging.info('%s: wrote %s', STAGE, out_path)
+    _plot_reliability(result['prm_calibration'], out.file('prm_reliability.png'))
+  # Per problem (rows in sample order), per method, per N (columns `ns`): the accuracy averaged
+  # over the draws; the policy's cross-validation over problems reads these.
+  wd.atomic_write_npz(out.file('per_problem.npz'), ids=np.array([r['id'] for r in recs]),
+                      bins=bins, pass1=correct.mean(1), ns=np.array(ns),
+                      **{f'accuracy/{name}': acc for name, acc in per_problem.items()})
+  wd.atomic_write_json(out.file('verifiers.json'), result)
+  logging.info('%s: wrote %s', STAGE, out.path)
 
 
 PLOTTED = ('majority', 'prm_bon_last', 'prm_bon_min', 'prm_bon_prod', 'prm_weighted_last',
@@ -232,10 +224,8 @@ PLOTTED = ('majority', 'prm_bon_last', 'prm_bon_min', 'prm_bon_prod', 'prm_weigh
 
 
 def _save(fig, path: str) -> None:
-  tmp = path + '.tmp.png'
-  fig.savefig(tmp, dpi=110)
+  wd.atomic_write_figure(fig, path)
   plt.close(fig)
-  os.replace(tmp, path)
 
 
 def _plot_accuracy(result: dict, path: str) -> None:

@@ -9,7 +9,7 @@ share one set of M rollouts.
 
 Labels splits: `train` (config.prm_data.train_problems problems of the task's train split) and
 `validation` (config.prm_data.validation_problems of the task's validation split, held out for
-calibration diagnostics). Layout under prm_data/<model>/<digest of the config>/:
+calibration diagnostics). Layout under prm_data/<model>/ (`artifacts.prm_labels`):
   shards/<split>-00000.json ...   one per problems_per_shard problems, written atomically; a rerun
                                   skips those that exist, so a kill loses at most one shard
   tfds/prm_labels/...             the dataset, built from the shards once all exist
@@ -20,7 +20,6 @@ Read it with `load_labels`.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 import time
@@ -30,7 +29,9 @@ import ml_collections
 import tensorflow_datasets as tfds
 from absl import logging
 
+from ttc_jax import artifacts
 from ttc_jax import workdir as wd
+from ttc_jax.errors import MissingInputError, UserError
 from ttc_jax.pipeline import common, train_base
 from ttc_jax.sampling.sampler import Sampler, bucket_length
 from ttc_jax.tasks import arith, records
@@ -89,33 +90,29 @@ class PrmLabelsBuilder(records.JsonRecordsBuilder):
     out = {}
     for split in SPLITS:
       files = [f for f in shards if f.startswith(f'{split}-') and f.endswith('.json')]
-      recs = [r for f in files
-              for r in wd.read_json(os.path.join(dl_manager.manual_dir, f))['records']]
+      recs = [r for f in files for r in wd.read_json(os.path.join(dl_manager.manual_dir, f),
+                                                     stage='prm_data')['records']]
       if recs:  # TFDS cannot write an empty split; `load_labels` reads a missing one as empty.
         out[split] = recs
     return out
 
 
-def _digest(config: ml_collections.ConfigDict) -> str:
-  key = json.dumps([config.prm_data.to_dict(), config.task.to_dict(), config.seed], sort_keys=True)
-  return hashlib.sha256(key.encode()).hexdigest()[:10]
-
-
 def labels_dir(config: ml_collections.ConfigDict, workdir: str) -> str:
-  return os.path.join(workdir, 'prm_data', config.model_name, _digest(config))
+  return artifacts.prm_labels(config, workdir).path
 
 
 def _tfds_dir(config, workdir) -> str:
   return os.path.join(labels_dir(config, workdir), 'tfds')
 
 
+# One labels dataset per artifact directory: the manifest beside it holds the config it was made
+# under, so the TFDS config name needs no digest.
+_BUILDER_CONFIG = PrmLabelsConfig(name='labels')
+
+
 def _builder(config, workdir) -> PrmLabelsBuilder:
-  return PrmLabelsBuilder(data_dir=_tfds_dir(config, workdir), config=_builder_config(config),
-                          file_format=records.FILE_FORMAT)
-
-
-def _builder_config(config) -> PrmLabelsConfig:
-  return PrmLabelsConfig(name=f'labels_{_digest(config)}')
+  return records.open_builder(PrmLabelsBuilder, _tfds_dir(config, workdir), stage='prm_data',
+                              config=_BUILDER_CONFIG)
 
 
 def _problems(config, workdir, split: str) -> list[arith.Problem]:
@@ -123,7 +120,7 @@ def _problems(config, workdir, split: str) -> list[arith.Problem]:
   n = d.train_problems if split == 'train' else d.validation_problems
   problems = common.load_problems(config, workdir, SPLITS[split], 'prm_data')
   if n > len(problems):
-    raise ValueError(f'prm_data.{split}_problems={n} exceeds the {len(problems)} problems of '
+    raise UserError(f'prm_data.{split}_problems={n} exceeds the {len(problems)} problems of '
                      f'the task split {SPLITS[split]!r}')
   # Similar lengths in one shard: sampling and rollouts decode until their longest row ends.
   return sorted(problems[:n], key=lambda p: (p.num_ops, p.id))
@@ -200,14 +197,14 @@ def shard_path(config, workdir, split: str, index: int) -> str:
   return os.path.join(labels_dir(config, workdir), 'shards', f'{split}-{index:05d}.json')
 
 
+def outputs(config: ml_collections.ConfigDict, workdir: str) -> list[artifacts.Artifact]:
+  return [artifacts.prm_labels(config, workdir)]
+
+
 def run(config: ml_collections.ConfigDict, workdir: str) -> None:
-  builder = _builder(config, workdir)
-  if builder.is_prepared():
-    logging.info('prm_data: %s exists, skipping', builder.data_dir)
-    return
   d = config.prm_data
   model, params = train_base.load_model(config, workdir, config.model_name, 'prm_data')
-  tok = common.load_tokenizer(workdir, 'prm_data')
+  tok = common.load_tokenizer(config, workdir, 'prm_data')
   sampler = Sampler(model, eos_id=tok.eos_id, buckets=rollouts.CONTINUATION_BUCKETS)
   t_start = time.perf_counter()
   for split_index, split in enumerate(SPLITS):
@@ -233,7 +230,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
   stats = _summary(config, workdir)
   records.prepare(PrmLabelsBuilder, _tfds_dir(config, workdir),
                   manual_dir=os.path.dirname(shard_path(config, workdir, 'train', 0)),
-                  config=_builder_config(config))
+                  config=_BUILDER_CONFIG, stage='prm_data')
   wd.atomic_write_json(os.path.join(labels_dir(config, workdir), 'stats.json'), stats)
   logging.info('prm_data: done: %s', json.dumps(stats))
 
@@ -242,7 +239,8 @@ def _summary(config, workdir) -> dict:
   out = {}
   for split in SPLITS:
     directory = os.path.dirname(shard_path(config, workdir, split, 0))
-    infos = [wd.read_json(os.path.join(directory, f))['stats'] for f in sorted(os.listdir(directory))
+    infos = [wd.read_json(os.path.join(directory, f), stage='prm_data')['stats']
+             for f in sorted(os.listdir(directory))
              if f.startswith(f'{split}-')]
     total = {k: sum(i[k] for i in infos) for k in infos[0]} if infos else {}
     for what in ('rollout', 'warm_rollout', 'sample') if total else ():
@@ -255,13 +253,15 @@ def load_labels(config: ml_collections.ConfigDict, workdir: str, split: str,
                 stage: str) -> list[StepLabels]:
   """The labelled solutions of a labels split ('train' or 'validation') of a finished prm_data."""
   if split not in SPLITS:
-    raise ValueError(f'unknown prm_data split {split!r}; expected one of {tuple(SPLITS)}')
+    raise UserError(f'unknown prm_data split {split!r}; expected one of {tuple(SPLITS)}')
+  artifacts.require(artifacts.prm_labels(config, workdir), stage)
   builder = _builder(config, workdir)
   if not builder.is_prepared():
-    raise FileNotFoundError(f'stage {stage} needs the prm_data labels in {_tfds_dir(config, workdir)}, '
-                            'which are not built for this config; run --mode=prm_data first')
+    raise MissingInputError(f'stage {stage} needs the prm_data labels in '
+                            f'{_tfds_dir(config, workdir)}, which are not built; delete '
+                            f'{labels_dir(config, workdir)} and run --mode=prm_data')
   if split not in builder.info.splits:
     return []
   recs = records.load_split(PrmLabelsBuilder, split, _tfds_dir(config, workdir),
-                            config=_builder_config(config))
+                            config=_BUILDER_CONFIG, stage='prm_data')
   return [StepLabels.from_record(r) for r in recs]

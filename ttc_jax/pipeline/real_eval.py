@@ -1,14 +1,13 @@
-"""`sample` and `calibrate` for the real tasks (GSM8K, MATH500) with an imported or SFT model.
+"""Stages `sample` and `calibrate` of the real tasks (GSM8K, MATH500), with an imported or SFT model.
 
 sample: per problem, one greedy completion and `num_samples` sampled ones, graded, in shards
 (samples/<model>/<task>_<split>/shard_*.jsonl, written atomically; a rerun skips finished shards).
 calibrate: greedy accuracy, pass@k and majority@k for every k <= num_samples, overall and per
-MATH level, to eval_<model>_<task>.json.
+MATH level, to calibration/<model>/<task>_<split>/calibration.json.
 """
 
 from __future__ import annotations
 
-import collections
 import json
 import os
 import time
@@ -18,19 +17,21 @@ import ml_collections
 import numpy as np
 from absl import logging
 
+from ttc_jax import artifacts
 from ttc_jax import workdir as wd
-from ttc_jax.pipeline import common, real_tasks, sft
-from ttc_jax.pipeline.calibrate import pass_at_k
-from ttc_jax.pipeline.sample import num_shards, shard_path
+from ttc_jax.pipeline import real_tasks, sample_shards, sft
+from ttc_jax.pipeline.sample_shards import num_shards, shard_path
 from ttc_jax.sampling.sampler import Sampler
+from ttc_jax.verifiers import evaluation, selection
 
 
-def samples_dir(config: ml_collections.ConfigDict, workdir: str) -> str:
-  return common.samples_dir(workdir, config.model_name, f'{config.task.name}_{config.sample.split}')
+def sample_outputs(config: ml_collections.ConfigDict, workdir: str) -> list[artifacts.Artifact]:
+  return [artifacts.samples(config, workdir)]
 
 
-def eval_path(config: ml_collections.ConfigDict, workdir: str) -> str:
-  return os.path.join(workdir, f'eval_{config.model_name}_{config.task.name}.json')
+def calibrate_outputs(config: ml_collections.ConfigDict, workdir: str
+                      ) -> list[artifacts.Artifact]:
+  return [artifacts.calibration(config, workdir)]
 
 
 def _problems(config: ml_collections.ConfigDict, workdir: str) -> list[real_tasks.Problem]:
@@ -47,12 +48,8 @@ def _stop_ids(config, tok) -> list[int]:
 def sample(config: ml_collections.ConfigDict, workdir: str) -> None:
   s = config.sample
   problems = _problems(config, workdir)  # bad data paths fail before the model loads
-  directory = samples_dir(config, workdir)
+  directory = artifacts.samples(config, workdir).path
   total = num_shards(len(problems), s.problems_per_batch)
-  if all(os.path.exists(shard_path(directory, shard)) for shard in range(total)):
-    logging.info('sample[%s/%s]: all %d shards exist in %s, skipping', config.model_name,
-                 config.task.name, total, directory)
-    return
   model, params, tok = sft.load_model(config, workdir, 'sample')
   prompts = {p.id: tok.encode(real_tasks.prompt(config, p), add_bos=True) for p in problems}
   # Similar prompt lengths in one batch: one length bucket, less padding.
@@ -98,33 +95,21 @@ def sample(config: ml_collections.ConfigDict, workdir: str) -> None:
 
 
 def load_samples(config: ml_collections.ConfigDict, workdir: str, stage: str) -> list[dict]:
-  directory = samples_dir(config, workdir)
-  n = len(_problems(config, workdir))
-  out = []
-  for shard in range(num_shards(n, config.sample.problems_per_batch)):
-    path = shard_path(directory, shard)
-    common.require(path, stage, 'sample')
-    with open(path) as f:
-      out.extend(json.loads(line) for line in f if line.strip())
-  return out
+  return sample_shards.read(artifacts.samples(config, workdir), len(_problems(config, workdir)),
+                            config.sample.problems_per_batch, stage,
+                            (*sample_shards.FIELDS, 'preds', 'greedy_correct', 'level'))
 
 
-def majority_at_k(rec: dict, k: int, rng: np.random.Generator, draws: int) -> float:
-  """P(the most common extracted answer among k random samples is correct); ties split evenly,
-  samples without an answer do not vote. Exact (one draw) when k = n."""
-  n = len(rec['preds'])
-  draws = 1 if k == n else draws
-  total = 0.0
-  for _ in range(draws):
-    idx = rng.permutation(n)[:k]
-    votes = collections.Counter(rec['preds'][i] for i in idx if rec['preds'][i] is not None)
-    if not votes:
-      continue
-    top = max(votes.values())
-    winners = [a for a, c in votes.items() if c == top]
-    correct = {rec['preds'][i]: rec['correct'][i] for i in idx}
-    total += sum(correct[a] for a in winners) / len(winners)
-  return total / draws
+def majority_at_k(recs: list[dict], k: int, rng: np.random.Generator, draws: int) -> np.ndarray:
+  """[P] P(majority vote over k random samples is correct), by the one selection rule
+  (`selection.select_index`: samples without an answer do not vote; a tie goes to the answer
+  drawn first, so over random draws ties split evenly)."""
+  n = len(recs[0]['preds'])
+  subsets = evaluation.draw_subsets(rng, len(recs), n, k, draws)
+  answer_ids = np.stack([selection.answer_ids(r['preds']) for r in recs])
+  correct = np.array([r['correct'] for r in recs], bool)
+  return evaluation.method_accuracy(evaluation.Method('majority', 'majority'), answer_ids,
+                                    correct, {}, subsets)
 
 
 def summarize(recs: list[dict], ks: tuple[int, ...], seed: int, draws: int) -> dict:
@@ -134,16 +119,13 @@ def summarize(recs: list[dict], ks: tuple[int, ...], seed: int, draws: int) -> d
          'greedy_accuracy': float(np.mean([r['greedy_correct'] for r in recs])),
          'answer_extracted': float(np.mean([p is not None for r in recs for p in r['preds']]))}
   for k in (k for k in ks if k <= n):
-    out[f'pass@{k}'] = float(np.mean([pass_at_k(n, sum(r['correct']), k) for r in recs]))
-    out[f'maj@{k}'] = float(np.mean([majority_at_k(r, k, rng, draws) for r in recs]))
+    out[f'pass@{k}'] = float(np.mean([evaluation.pass_at_k(n, sum(r['correct']), k)
+                                      for r in recs]))
+    out[f'maj@{k}'] = float(np.mean(majority_at_k(recs, k, rng, draws)))
   return out
 
 
 def calibrate(config: ml_collections.ConfigDict, workdir: str) -> None:
-  out_path = eval_path(config, workdir)
-  if os.path.exists(out_path):
-    logging.info('calibrate: %s exists, skipping', out_path)
-    return
   recs = load_samples(config, workdir, 'calibrate')
   c, ks = config.calibrate, tuple(config.calibrate.ks)
   result = {'model': config.model_name, 'task': config.task.name, 'split': config.sample.split,
@@ -157,4 +139,4 @@ def calibrate(config: ml_collections.ConfigDict, workdir: str) -> None:
   for name, row in [('all', result['overall']), *result.get('levels', {}).items()]:
     logging.info('calibrate[%s/%s] %s: %s', config.model_name, config.task.name, name,
                  ' '.join(f'{k}={v:.3f}' for k, v in row.items() if k != 'num_problems'))
-  wd.atomic_write_json(out_path, result)
+  wd.atomic_write_json(artifacts.calibration(config, workdir).file('calibration.json'), result)

@@ -7,13 +7,14 @@ A config's `task` names the task (`name`), where its JSONL lives (`data_dir`, ''
 from __future__ import annotations
 
 import dataclasses
-import os
 
 import ml_collections
 
+from ttc_jax import artifacts
+from ttc_jax.errors import ConfigError
 from ttc_jax.tasks import grading, gsm8k, math500
 
-TASKS = ('gsm8k', 'math500')
+TASKS = artifacts.REAL_TASKS
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -25,20 +26,16 @@ class Problem:
   subject: str
 
 
-def is_real(config: ml_collections.ConfigDict) -> bool:
-  return config.task.name in TASKS
-
-
 def _check(config: ml_collections.ConfigDict) -> None:
   if config.task.name not in TASKS:
-    raise ValueError(f'unknown real task {config.task.name!r}; expected one of {TASKS}')
+    raise ConfigError(f'unknown real task {config.task.name!r}; expected one of {TASKS}')
 
 
 def load_problems(config: ml_collections.ConfigDict, workdir: str, split: str) -> list[Problem]:
   """The split's problems; the JSONL is built once into a TFDS dataset under workdir/data."""
   _check(config)
   t = config.task
-  tfds_dir = os.path.join(workdir, 'data', t.name)
+  tfds_dir = artifacts.real_data_dir(workdir, t.name)
   if t.name == 'gsm8k':
     recs = gsm8k.load(split, t.data_dir or None, tfds_dir)
     return [Problem(id=f'gsm8k/{split}/{i}', question=r.question, answer=r.answer, level=0,

@@ -27,7 +27,9 @@ import ml_collections
 import numpy as np
 from absl import logging
 
+from ttc_jax import artifacts
 from ttc_jax import workdir as wd
+from ttc_jax.errors import UserError
 from ttc_jax.model import transformer
 from ttc_jax.model.config import TransformerConfig
 from ttc_jax.model.transformer import PAD_ID
@@ -36,49 +38,33 @@ from ttc_jax.tasks import arith
 from ttc_jax.training import data, objectives, trainer
 from ttc_jax.verifiers import scoring
 
-KINDS = ('prm', 'orm')
-
-
-def backbone_name(config: ml_collections.ConfigDict) -> str:
-  """The model whose trained weights the verifiers start from: the proposer unless
-  config.verifier_backbone names another one."""
-  name = config.verifier_backbone or config.model_name
-  if name not in config.models:
-    raise ValueError(f'verifier_backbone={name!r} is not a model of this config; expected one '
-                     f'of {sorted(config.models)}')
-  return name
-
-
 def run_backbone(config: ml_collections.ConfigDict, workdir: str) -> None:
   """Stage train_verifier_backbone: `train_base` for the verifier backbone, continued from the
   trained model config.train_verifier_backbone.init ('' = a random start) with that block's
-  steps and learning rate. Nothing to do when the verifiers sit on the proposer."""
-  name = backbone_name(config)
+  steps and learning rate (`artifacts.backbone_config`). Nothing to do when the verifiers sit on
+  the proposer."""
+  name = artifacts.backbone_name(config)
   if name == config.model_name:
     logging.info('train_verifier_backbone: the verifiers sit on the proposer %s; nothing to train',
                  name)
     return
-  spec = config.train_verifier_backbone
-  derived = config.copy_and_resolve_references()
-  derived.model_name, derived.train_init = name, spec.init
-  derived.train.update(dict(steps=spec.steps, learning_rate=spec.learning_rate,
-                            warmup_steps=spec.warmup_steps))
-  train_base.run(derived, workdir, init_key='train_verifier_backbone.init')
+  train_base.run(artifacts.backbone_config(config), workdir, init_key='train_verifier_backbone.init')
 
 
-def backbone_suffix(config: ml_collections.ConfigDict) -> str:
-  """'' when the verifiers sit on the proposer, else `_on_<backbone>` (in every output name)."""
-  backbone = backbone_name(config)
-  return '' if backbone == config.model_name else f'_on_{backbone}'
+def backbone_outputs(config: ml_collections.ConfigDict, workdir: str) -> list[artifacts.Artifact]:
+  name = artifacts.backbone_name(config)
+  if name == config.model_name:
+    return []
+  train_base.check_init(artifacts.backbone_config(config), 'train_verifier_backbone.init')
+  return [artifacts.model(config, workdir, name)]
 
 
-def verifier_name(config: ml_collections.ConfigDict, kind: str) -> str:
-  """`prm` / `orm` for the base proposer on its own backbone; `_<proposer>` is appended for
-  another proposer, `_on_<backbone>` for a backbone other than the proposer."""
-  if kind not in KINDS:
-    raise ValueError(f'unknown verifier kind {kind!r}; expected one of {KINDS}')
-  return (kind + ('' if config.model_name == 'base' else f'_{config.model_name}')
-          + backbone_suffix(config))
+def prm_outputs(config: ml_collections.ConfigDict, workdir: str) -> list[artifacts.Artifact]:
+  return [artifacts.verifier(config, workdir, 'prm')]
+
+
+def orm_outputs(config: ml_collections.ConfigDict, workdir: str) -> list[artifacts.Artifact]:
+  return [artifacts.verifier(config, workdir, 'orm')]
 
 
 def targets(labels: prm_data.StepLabels, kind: str) -> dict[int, float]:
@@ -90,6 +76,7 @@ def targets(labels: prm_data.StepLabels, kind: str) -> dict[int, float]:
 
 def examples(labels: list[prm_data.StepLabels], kind: str, max_len: int) -> data.Examples:
   return data.pack([l.prompt_ids for l in labels], [l.completion_ids for l in labels], max_len,
+                   max_len_key='train_prm.max_len',
                    values=[targets(l, kind) for l in labels])
 
 
@@ -106,7 +93,7 @@ def head_examples(labels: list[prm_data.StepLabels], kind: str,
   value_mask = np.zeros((n, width), np.float32)
   for i, (l, x) in enumerate(zip(labels, inputs)):
     if len(x) != len(l.step_ends):
-      raise ValueError(f'prm_data solution {l.problem_id}/{l.sample_index} has '
+      raise UserError(f'prm_data solution {l.problem_id}/{l.sample_index} has '
                        f'{len(l.step_ends)} step ends but the scorer finds {len(x)}; expected '
                        'equal (relabel with prm_data)')
     s = len(l.step_ends)
@@ -149,23 +136,17 @@ def heldout_metrics(model: TransformerConfig, params, labels: list[prm_data.Step
 def train(config: ml_collections.ConfigDict, workdir: str, kind: str,
           stop_after: int | None = None) -> None:
   """Trains the `kind` verifier (resuming its checkpoints); writes info.json when finished."""
-  name, stage = verifier_name(config, kind), f'train_{kind}'
-  info_path = common.model_info_path(workdir, name)
-  if os.path.exists(info_path):
-    logging.info('%s: %s exists, skipping', stage, info_path)
-    return
+  stage = f'train_{kind}'
+  target = artifacts.verifier(config, workdir, kind)
   train_labels = prm_data.load_labels(config, workdir, 'train', stage)
   if not train_labels:
-    raise ValueError(f'stage {stage}: prm_data kept no solution with a parseable answer (the '
-                     f'proposer {config.model_name} writes none); train it longer')
-  backbone_model = backbone_name(config)
-  if backbone_model != config.model_name:
-    common.require(common.model_info_path(workdir, backbone_model), stage,
-                   'train_verifier_backbone')
+    raise UserError(f'stage {stage}: prm_data kept no solution with a parseable answer (the '
+                    f'proposer {config.model_name} writes none); train it longer')
+  backbone_model = artifacts.backbone_name(config)
   model, backbone = train_base.load_model(config, workdir, backbone_model, stage)
   cfg = config.train_prm
-  directory = common.model_dir(workdir, name)
-  scorer = _scorer(model, workdir, stage)
+  directory = target.path
+  scorer = _scorer(config, model, workdir, stage)
   if cfg.freeze_backbone:
     t0 = time.perf_counter()
     inputs = scorer.step_inputs(
@@ -187,8 +168,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, kind: str,
   if stop_after is not None and stop_after < cfg.steps:
     return
   whole = dict(params, transformer=backbone) if cfg.freeze_backbone else params
-  with open(os.path.join(directory, 'metrics.jsonl')) as f:
-    final = json.loads(f.read().splitlines()[-1])
+  final = wd.read_jsonl(os.path.join(directory, 'metrics.jsonl'), stage=stage)[-1]
   valid = prm_data.load_labels(config, workdir, 'validation', stage)
   info = {'kind': kind, 'proposer': config.model_name, 'backbone': backbone_model,
           'num_params': transformer.count_params(backbone),
@@ -198,12 +178,13 @@ def train(config: ml_collections.ConfigDict, workdir: str, kind: str,
           'final_train_metrics': final, 'validation_solutions': len(valid),
           'validation': heldout_metrics(model, whole, valid, cfg.max_len,
                                         scorer.eos_id) if valid else {}}
-  wd.atomic_write_json(info_path, info)
+  wd.atomic_write_json(target.file('info.json'), info)
   logging.info('%s: done: %s', stage, json.dumps(info['validation']))
 
 
-def _scorer(model: TransformerConfig, workdir: str, stage: str) -> scoring.Scorer:
-  tok = common.load_tokenizer(workdir, stage)
+def _scorer(config: ml_collections.ConfigDict, model: TransformerConfig, workdir: str,
+            stage: str) -> scoring.Scorer:
+  tok = common.load_tokenizer(config, workdir, stage)
   return scoring.Scorer(model, delimiter_id=tok.id_of(arith.STEP_DELIMITER), eos_id=tok.eos_id)
 
 
@@ -221,13 +202,13 @@ def load_verifier(config: ml_collections.ConfigDict, workdir: str, kind: str,
 
   Score with `verifiers.scoring.Scorer` (or `objectives.value_logits`; sigmoid -> probability).
   """
-  name = verifier_name(config, kind)
-  info_path = common.model_info_path(workdir, name)
-  common.require(info_path, stage, f'train_{kind}')
-  model, backbone = train_base.load_model(config, workdir, backbone_name(config), stage)
-  directory = common.model_dir(workdir, name)
-  if wd.read_json(info_path)['freeze_backbone']:  # the checkpoint holds the head alone
-    head = trainer.load_params(directory, objectives.HeadRegression(model), config.train_prm)
+  a = artifacts.verifier(config, workdir, kind)
+  artifacts.require(a, stage)
+  model, backbone = train_base.load_model(config, workdir, artifacts.backbone_name(config), stage)
+  info = wd.read_json(a.file('info.json'), stage=a.stage)
+  if info['freeze_backbone']:  # the checkpoint holds the head alone
+    head = trainer.load_params(a.path, objectives.HeadRegression(model), config.train_prm,
+                               step=info['steps'], stage=a.stage)
     return model, dict(head, transformer=backbone)
-  return model, trainer.load_params(directory, objectives.ValueRegression(model),
-                                    config.train_prm)
+  return model, trainer.load_params(a.path, objectives.ValueRegression(model), config.train_prm,
+                                    step=info['steps'], stage=a.stage)

@@ -1,26 +1,25 @@
-"""Stage `demo`: sample from a model (random or checkpointed) and write the tokens to the workdir."""
+"""Stage `demo`: sample from a model (random or checkpointed); the tokens go to demo/samples.json."""
 
 from __future__ import annotations
 
-import os
 import time
 
 import jax
 import ml_collections
 from absl import logging
 
+from ttc_jax import artifacts
 from ttc_jax import workdir as wd
 from ttc_jax.model import checkpoint, config as model_config, transformer
 from ttc_jax.sampling.sampler import Sampler
 
-OUTPUT = 'demo_samples.json'
+
+def outputs(config: ml_collections.ConfigDict, workdir: str) -> list[artifacts.Artifact]:
+  return [artifacts.demo_samples(config, workdir)]
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> str:
-  out_path = os.path.join(workdir, OUTPUT)
-  if os.path.exists(out_path):
-    logging.info('demo: %s exists, skipping', out_path)
-    return out_path
+  out_path = artifacts.demo_samples(config, workdir).file('samples.json')
   model = model_config.get_config(config.model.name)
   if config.model.checkpoint:
     params = checkpoint.load_params(config.model.checkpoint, model)

@@ -17,6 +17,7 @@ from typing import Iterator, Sequence
 
 import tensorflow_datasets as tfds
 
+from ttc_jax.errors import BadInputError, MissingInputError
 from ttc_jax.tasks import grading, records
 
 NAME = 'gsm8k'
@@ -44,7 +45,7 @@ def read_jsonl(path: pathlib.Path, fields: Sequence[str], expected: str,
   Unlike `records.read_jsonl`, a record missing a field fails here, naming its line.
   """
   if not path.is_file():
-    raise FileNotFoundError(f'{path} not found; expected {expected}')
+    raise MissingInputError(f'{path} not found; expected {expected}')
   with path.open(encoding='utf-8') as f:
     for number, line in enumerate(f, start=1):
       if not line.strip():
@@ -52,12 +53,12 @@ def read_jsonl(path: pathlib.Path, fields: Sequence[str], expected: str,
       try:
         row = json.loads(line)
       except json.JSONDecodeError as e:
-        raise ValueError(f'{path}:{number}: not valid JSON ({e.msg})') from None
+        raise BadInputError(f'{path}:{number}: not valid JSON ({e.msg})') from None
       if not isinstance(row, dict):
-        raise ValueError(f'{path}:{number}: expected a JSON object, got {type(row).__name__}')
+        raise BadInputError(f'{path}:{number}: expected a JSON object, got {type(row).__name__}')
       for field in fields:
         if field not in row:
-          raise ValueError(f'{path}:{number}: record has no field {field!r}')
+          raise BadInputError(f'{path}:{number}: record has no field {field!r}')
       yield number, row
 
 
@@ -65,7 +66,7 @@ def format_solution(raw: str) -> tuple[str, str]:
   """(solution in the prompt format, gold answer) from a GSM8K `answer` field."""
   body, sep, final = raw.rpartition('####')
   if not sep:
-    raise ValueError("no '####' final-answer line")
+    raise BadInputError("no '####' final-answer line")
   answer = final.strip()
   # A few train solutions contain blank lines, which would read as END_OF_SOLUTION.
   steps = [s.strip() for s in _CALCULATOR.sub('', body).split('\n') if s.strip()]
@@ -78,7 +79,7 @@ def read_records(path: pathlib.Path) -> Iterator[Record]:
     try:
       solution, answer = format_solution(row['answer'])
     except ValueError as e:
-      raise ValueError(f"{path}:{number}: field 'answer' has {e}") from None
+      raise BadInputError(f"{path}:{number}: field 'answer' has {e}") from None
     yield Record(question=row['question'].strip(), solution=solution, answer=answer)
 
 

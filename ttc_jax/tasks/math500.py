@@ -16,6 +16,7 @@ from typing import Iterator
 
 import tensorflow_datasets as tfds
 
+from ttc_jax.errors import BadInputError, MissingInputError
 from ttc_jax.tasks import grading, records
 from ttc_jax.tasks.gsm8k import read_jsonl
 from ttc_jax.tasks.records import build_dir  # noqa: F401  (public: tests key dirs by it)
@@ -53,7 +54,7 @@ def read_records(path: pathlib.Path) -> Iterator[Record]:
   """The records of one MATH JSONL file (PRM800K's math_splits format)."""
   for number, row in read_jsonl(path, _FIELDS, _EXPECTED):
     if not isinstance(row['level'], int) or not 1 <= row['level'] <= 5:
-      raise ValueError(f"{path}:{number}: field 'level' is {row['level']!r}; expected 1-5")
+      raise BadInputError(f"{path}:{number}: field 'level' is {row['level']!r}; expected 1-5")
     yield Record(question=row['problem'], solution=row['solution'], answer=row['answer'],
                  level=row['level'], subject=row['subject'], unique_id=row['unique_id'])
 
@@ -89,7 +90,7 @@ def load(split: str = 'test', data_dir: str | os.PathLike | None = None,
 def load_exemplars(path: pathlib.Path = FEWSHOT_FILE) -> tuple[Exemplar, ...]:
   """The worked few-shot problems of `path` (configs/prompts/math_fewshot.json)."""
   if not path.is_file():
-    raise FileNotFoundError(f'{path} not found; expected the MATH few-shot exemplars JSON')
+    raise MissingInputError(f'{path} not found; expected the MATH few-shot exemplars JSON')
   rows = json.loads(path.read_text(encoding='utf-8'))['exemplars']
   return tuple(Exemplar(question=r['problem'], steps=tuple(r['steps']), answer=r['answer'])
                for r in rows)
@@ -103,7 +104,7 @@ def build_prompt(question: str, num_shots: int = 4, seed: int = 0) -> str:
   """`num_shots` exemplars (chosen and ordered by `seed`) followed by `question`."""
   exemplars = load_exemplars()
   if not 0 <= num_shots <= len(exemplars):
-    raise ValueError(f'num_shots={num_shots}; {FEWSHOT_FILE} has {len(exemplars)} exemplars')
+    raise BadInputError(f'num_shots={num_shots}; {FEWSHOT_FILE} has {len(exemplars)} exemplars')
   shots = [format_question(e.question) + STEP_DELIMITER.join(e.steps) + END_OF_SOLUTION
            for e in random.Random(seed).sample(exemplars, num_shots)]
   return ''.join(shots) + format_question(question)

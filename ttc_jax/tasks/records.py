@@ -17,6 +17,10 @@ from typing import ClassVar, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import tensorflow_datasets as tfds
+from google.protobuf import json_format
+
+from ttc_jax.errors import BadInputError, MissingInputError
+from ttc_jax import workdir
 
 Record = dict[str, str | int]
 FILE_FORMAT = 'array_record'
@@ -60,7 +64,7 @@ class JsonRecordsBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True
     fields = set(self.TEXT_FIELDS) | set(self.INT_FIELDS)
     for i, record in enumerate(recs):  # Integer keys: with shuffling off, TFDS keeps key order.
       if set(record) != fields:
-        raise ValueError(f'{self.name} record {i} has fields {sorted(record)}; '
+        raise BadInputError(f'{self.name} record {i} has fields {sorted(record)}; '
                          f'expected {sorted(fields)}')
       yield i, record
 
@@ -73,7 +77,7 @@ def read_jsonl(path: str | os.PathLike) -> Iterator[dict]:
         try:
           yield json.loads(line)
         except json.JSONDecodeError as e:
-          raise ValueError(f'{path}:{line_number} is not a JSON object: {e}') from None
+          raise BadInputError(f'{path}:{line_number} is not a JSON object: {e}') from None
 
 
 def _check_writable(data_dir: str, what: str) -> None:
@@ -82,7 +86,7 @@ def _check_writable(data_dir: str, what: str) -> None:
     with tempfile.TemporaryFile(dir=data_dir):
       pass
   except OSError as e:
-    raise ValueError(f'data_dir {data_dir} is not a writable directory ({e.strerror}); expected '
+    raise BadInputError(f'data_dir {data_dir} is not a writable directory ({e.strerror}); expected '
                      f'one to build {what} into') from None
 
 
@@ -90,12 +94,12 @@ def _check_manual_files(builder_cls: type[JsonRecordsBuilder], manual_dir: str |
   if not builder_cls.MANUAL_FILES:
     return
   if manual_dir is None:
-    raise ValueError(f'{builder_cls.__name__} reads {list(builder_cls.MANUAL_FILES)} from a '
+    raise BadInputError(f'{builder_cls.__name__} reads {list(builder_cls.MANUAL_FILES)} from a '
                      'manual_dir; pass manual_dir=')
   for name in builder_cls.MANUAL_FILES:
     path = os.path.join(manual_dir, name)
     if not os.path.isfile(path):
-      raise FileNotFoundError(f'{path} not found; expected {builder_cls.__name__} input file '
+      raise MissingInputError(f'{path} not found; expected {builder_cls.__name__} input file '
                               f'{name} in manual_dir {manual_dir}')
 
 
@@ -107,21 +111,41 @@ def _to_python(value: object) -> str | int:
   raise TypeError(f'unexpected record value {value!r} of type {type(value).__name__}')
 
 
+def _damaged_info_dir(data_dir: str) -> str:
+  """The dataset directory under `data_dir` whose dataset_info.json does not parse, or data_dir."""
+  for info in sorted(pathlib.Path(data_dir).rglob('dataset_info.json')):
+    try:
+      json.loads(info.read_bytes())
+    except ValueError:
+      return str(info.parent)
+  return data_dir
+
+
+def open_builder(builder_cls: type[JsonRecordsBuilder] | str, data_dir: str | os.PathLike, *,
+                 stage: str = '', **builder_kwargs) -> tfds.core.DatasetBuilder:
+  """The builder on `data_dir`; a damaged dataset_info.json there is a `CorruptArtifactError`."""
+  data_dir = os.fspath(data_dir)
+  try:
+    if isinstance(builder_cls, str):
+      return tfds.builder(builder_cls, data_dir=data_dir, file_format=FILE_FORMAT,
+                          **builder_kwargs)
+    return builder_cls(data_dir=data_dir, file_format=FILE_FORMAT, **builder_kwargs)
+  except (json_format.ParseError, UnicodeDecodeError) as e:
+    raise workdir.damaged(_damaged_info_dir(data_dir),
+                          f'dataset_info.json: {workdir.short_reason(e)}', stage) from None
+
+
 def prepare(builder_cls: type[JsonRecordsBuilder] | str, data_dir: str | os.PathLike,
-            manual_dir: str | os.PathLike | None = None, **builder_kwargs,
+            manual_dir: str | os.PathLike | None = None, *, stage: str = '', **builder_kwargs,
             ) -> tfds.core.DatasetBuilder:
   """The builder, its data prepared under `data_dir` (reused if already there)."""
   data_dir = os.fspath(data_dir)
   manual_dir = None if manual_dir is None else os.fspath(manual_dir)
   if os.path.exists(data_dir) and not os.path.isdir(data_dir):
-    raise ValueError(f'data_dir {data_dir} is a file; expected a directory')
-  if isinstance(builder_cls, str):
-    builder = tfds.builder(builder_cls, data_dir=data_dir, file_format=FILE_FORMAT,
-                           **builder_kwargs)
-  else:
-    builder = builder_cls(data_dir=data_dir, file_format=FILE_FORMAT, **builder_kwargs)
+    raise BadInputError(f'data_dir {data_dir} is a file; expected a directory')
+  builder = open_builder(builder_cls, data_dir, stage=stage, **builder_kwargs)
   if not isinstance(builder, JsonRecordsBuilder):
-    raise ValueError(f'{builder_cls} is not a JsonRecordsBuilder')
+    raise BadInputError(f'{builder_cls} is not a JsonRecordsBuilder')
   if not builder.is_prepared():
     _check_writable(data_dir, builder.name)
     _check_manual_files(type(builder), manual_dir)
@@ -131,15 +155,24 @@ def prepare(builder_cls: type[JsonRecordsBuilder] | str, data_dir: str | os.Path
 
 
 def load_split(builder_cls: type[JsonRecordsBuilder] | str, split: str,
-               data_dir: str | os.PathLike, manual_dir: str | os.PathLike | None = None,
-               **builder_kwargs) -> list[Record]:
-  """The records of one split as python dicts (str, int), preparing the dataset if needed."""
-  builder = prepare(builder_cls, data_dir, manual_dir, **builder_kwargs)
+               data_dir: str | os.PathLike, manual_dir: str | os.PathLike | None = None, *,
+               stage: str = '', **builder_kwargs) -> list[Record]:
+  """The records of one split as python dicts (str, int), preparing the dataset if needed.
+
+  A damaged dataset (array_record or metadata file) is a `CorruptArtifactError` naming its
+  directory and `stage`, the stage that builds it.
+  """
+  builder = prepare(builder_cls, data_dir, manual_dir, stage=stage, **builder_kwargs)
   if split not in builder.info.splits:
-    raise ValueError(f'split {split!r} not in {builder.name}; expected one of '
+    raise BadInputError(f'split {split!r} not in {builder.name}; expected one of '
                      f'{sorted(builder.info.splits)}')
-  source = builder.as_data_source(split=split)
-  return [{k: _to_python(v) for k, v in source[i].items()} for i in range(len(source))]
+  try:  # Riegeli reports a damaged, truncated or deleted file as a RuntimeError.
+    source = builder.as_data_source(split=split)
+    raw = [source[i] for i in range(len(source))]  # every record read here, inside the try
+  except (RuntimeError, OSError) as e:
+    raise workdir.damaged(builder.data_dir, f'{split} split: {workdir.short_reason(e)}',
+                          stage) from None
+  return [{k: _to_python(v) for k, v in r.items()} for r in raw]
 
 
 def build_dir(name: str, source: pathlib.Path, files: Sequence[str]) -> pathlib.Path:
@@ -159,10 +192,10 @@ def load_local(builder_cls: type[JsonRecordsBuilder], split: str, splits: Sequen
   """`split` of a builder whose MANUAL_FILES are local JSONL in `source`, built once into
   `tfds_dir` (default: a temp dir keyed by the input files) and read back from there."""
   if split not in splits:
-    raise ValueError(f'unknown {builder_cls.name} split {split!r}; expected one of {tuple(splits)}')
+    raise BadInputError(f'unknown {builder_cls.name} split {split!r}; expected one of {tuple(splits)}')
   source = pathlib.Path(source)
   for f in builder_cls.MANUAL_FILES:
     if not (source / f).is_file():
-      raise FileNotFoundError(f'{source / f} not found; expected {expected}')
+      raise MissingInputError(f'{source / f} not found; expected {expected}')
   tfds_dir = tfds_dir or build_dir(builder_cls.name, source, builder_cls.MANUAL_FILES)
   return load_split(builder_cls, split, tfds_dir, manual_dir=source)

@@ -12,6 +12,7 @@ import flax
 import jax
 import numpy as np
 
+from ttc_jax.errors import ConfigError
 from ttc_jax.model.transformer import PAD_ID
 
 
@@ -42,10 +43,12 @@ class Examples:
 
 def pack(prompts: Sequence[Sequence[int]], completions: Sequence[Sequence[int]],
          max_len: int, train_prompt: bool = False,
-         values: Sequence[Mapping[int, float]] | None = None) -> Examples:
+         values: Sequence[Mapping[int, float]] | None = None,
+         max_len_key: str = 'train.max_len') -> Examples:
   """Concatenates prompt + completion per row. The loss covers the completion (and prompt if
-  train_prompt); rows longer than max_len are an error, not silently truncated. `values` (one
-  {completion index: soft label} per row) sets value targets for value-head objectives."""
+  train_prompt); rows longer than max_len are an error naming the config key `max_len_key`, not
+  silently truncated. `values` (one {completion index: soft label} per row) sets value targets
+  for value-head objectives."""
   n = len(prompts)
   tokens = np.full((n, max_len), PAD_ID, np.int32)
   mask = np.zeros((n, max_len), np.float32)
@@ -54,8 +57,8 @@ def pack(prompts: Sequence[Sequence[int]], completions: Sequence[Sequence[int]],
   for i, (p, c) in enumerate(zip(prompts, completions)):
     seq = list(p) + list(c)
     if len(seq) > max_len:
-      raise ValueError(f'example {i} has {len(seq)} tokens; max_len={max_len}: raise '
-                       'config.data.max_len')
+      raise ConfigError(f'example {i} has {len(seq)} tokens; --config.{max_len_key}={max_len}: '
+                        'raise it')
     tokens[i, :len(seq)] = seq
     start = 1 if train_prompt else len(p)
     mask[i, start:len(seq)] = 1.0
@@ -90,7 +93,7 @@ def batch_at(examples: Examples, step: int, batch_size: int, seed: int,
   epoch; the batch is trimmed to its longest row rounded up to `length_bucket` (few shapes)."""
   n = examples.size
   if batch_size > n:
-    raise ValueError(f'batch_size={batch_size} exceeds the {n} training examples')
+    raise ConfigError(f'batch_size={batch_size} exceeds the {n} training examples')
   per_epoch = n // batch_size
   epoch, offset = divmod(step, per_epoch)
   lengths = (examples.tokens != PAD_ID).sum(axis=1)

@@ -20,6 +20,7 @@ import optax
 import orbax.checkpoint as ocp
 from absl import logging
 
+from ttc_jax.errors import CorruptArtifactError, MissingInputError
 from ttc_jax.training.data import Batch, Examples, batch_at
 
 
@@ -60,16 +61,19 @@ def _manager(directory: str) -> ocp.CheckpointManager:
   return ocp.CheckpointManager(os.path.abspath(directory), options=options)
 
 
-def _restore(mngr: ocp.CheckpointManager, state: TrainState, directory: str) -> TrainState:
-  step = mngr.latest_step()
+def _restore(mngr: ocp.CheckpointManager, state: TrainState, directory: str,
+             step: int | None = None, stage: str = '') -> TrainState:
+  step = mngr.latest_step() if step is None else step
+  rerun = f'rerun --mode={stage} to' if stage else 'rerun its training stage to'
   try:
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
     return mngr.restore(step, args=ocp.args.StandardRestore(abstract))
   except Exception as e:  # orbax raises many types for truncated or mismatching checkpoints.
-    raise ValueError(
+    raise CorruptArtifactError(
         f'checkpoint step {step} in {directory} is corrupt or does not match the config '
-        f'({type(e).__name__}: {str(e).splitlines()[0][:160]}); delete {directory}/{step} to '
-        'resume from an earlier step, or the whole directory to restart') from None
+        f'({type(e).__name__}: {str(e).splitlines()[0][:160]}); delete {directory}/{step} and '
+        f'{rerun} resume from an earlier step, or delete the whole directory to restart'
+    ) from None
 
 
 def _initial_state(objective: Objective, cfg, optimizer, init_params) -> TrainState:
@@ -78,14 +82,22 @@ def _initial_state(objective: Objective, cfg, optimizer, init_params) -> TrainSt
                     opt_state=optimizer.init(params))
 
 
-def load_params(directory: str, objective: Objective, cfg: ml_collections.ConfigDict):
-  """Params of the latest checkpoint in `directory` (written by `train` with this cfg)."""
+def load_params(directory: str, objective: Objective, cfg: ml_collections.ConfigDict,
+                step: int | None = None, stage: str = ''):
+  """Params of checkpoint `step` (default: the latest) in `directory`, written by `train` with
+  this cfg. A finished model is loaded at the step its info.json records, never an earlier one."""
   mngr = _manager(directory)
-  if mngr.latest_step() is None:
-    raise FileNotFoundError(f'no checkpoint in {directory}; run its training stage first')
+  latest = mngr.latest_step()
+  rerun = f'run --mode={stage}' if stage else 'run its training stage'
+  if latest is None:
+    raise MissingInputError(f'no checkpoint in {directory}; {rerun} first')
+  if step is not None and step not in mngr.all_steps():
+    raise CorruptArtifactError(
+        f'{directory} has no checkpoint of step {step}, the step its info.json records (it has '
+        f'{sorted(mngr.all_steps())}); delete its info.json and {rerun} to finish training')
   optimizer = make_optimizer(cfg)
   abstract = jax.eval_shape(lambda: _initial_state(objective, cfg, optimizer, None))
-  return _restore(mngr, abstract, directory).params
+  return _restore(mngr, abstract, directory, step, stage).params
 
 
 def train(objective: Objective, examples: Examples, cfg: ml_collections.ConfigDict,

@@ -8,6 +8,7 @@ fraction of draws whose selected answer is correct. All methods see the same dra
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import numpy as np
 
@@ -23,6 +24,22 @@ class Method:
   name: str
   selection: str  # one of selection.METHODS
   score: str | None = None  # key into the per-candidate score arrays, e.g. 'prm/last'
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+  """Unbiased pass@k of Chen et al. (2021) from c correct out of n samples."""
+  if n - c < k:
+    return 1.0
+  return 1.0 - math.comb(n - c, k) / math.comb(n, k)
+
+
+def difficulty_bins(pass1: np.ndarray, num_bins: int) -> np.ndarray:
+  """Bin per problem, 1 = easiest: equal-size quantiles of pass@1 (ties broken by index)."""
+  order = np.lexsort((np.arange(len(pass1)), -pass1))
+  bins = np.empty(len(pass1), np.int64)
+  for b, chunk in enumerate(np.array_split(order, num_bins)):
+    bins[chunk] = b + 1
+  return bins
 
 
 def draw_subsets(rng: np.random.Generator, num_problems: int, pool: int, n: int, draws: int
