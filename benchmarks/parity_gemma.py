@@ -1,7 +1,7 @@
 """Logit parity of ttc_jax's Gemma 1/2/3 model with Google's `gemma` package (`gm.nn`), in fp32.
 
-Needs gemma==3.3.0, so run it with the bench venv:
-  /work/venv_bench/bin/python benchmarks/parity_gemma.py --out tests/fixtures/gemma_parity.npz
+Needs gemma==3.3.0, so run it with the python of a venv with the bench extra:
+  python benchmarks/parity_gemma.py --out tests/fixtures/gemma_parity.npz
 It writes the fixture that tests/test_parity.py checks without gemma. The top half of this file
 (configs, params, prompts) imports no gemma: the test loads it to rebuild the same inputs.
 """

@@ -1,7 +1,7 @@
 """Parity of our Gemma 3 270M (imported from the PyPI GGUF) with transformers on the same file.
 
-Needs torch + transformers (the bench venv):
-  /work/venv_bench/bin/python benchmarks/parity_real.py \
+Needs torch + transformers (a venv with the bench extra):
+  python benchmarks/parity_real.py \
       --out tests/fixtures/gemma3_270m_parity.npz --json benchmarks/results/parity_real.json
 It writes the fixture that tests/test_real_weights.py checks without torch: the texts and the
 reference's token ids, its top-k logits at a few positions (one text is longer than the 512-token
@@ -17,6 +17,7 @@ from importlib import metadata
 import json
 import os
 import pathlib
+import tempfile
 import time
 from typing import Sequence
 
@@ -154,7 +155,7 @@ def measure(gguf_path: pathlib.Path) -> tuple[dict, dict, dict[str, np.ndarray]]
   imported = gguf_import.load(gguf_path)
   config, params = imported.config, jax.tree.map(jnp.asarray, imported.params)
   import_s = time.perf_counter() - t0
-  ours_tok_path = pathlib.Path('/tmp/ttc_jax_parity_gemma3.model')
+  ours_tok_path = pathlib.Path(tempfile.mkdtemp()) / 'gemma3.model'
   gguf_import.write_tokenizer(imported.tokenizer_proto, ours_tok_path)
   from ttc_jax.tokenizer import Tokenizer  # pylint: disable=g-import-not-at-top
   ours_tok = Tokenizer.load(ours_tok_path)

@@ -1,7 +1,7 @@
 """Writes tests/fixtures/tiny_gemma3_hf/: a small random Gemma3ForCausalLM that transformers saves
 (config.json + bf16 model.safetensors) and its fp32 logits, for tests/test_safetensors_import.py.
 
-  /work/venv_bench/bin/python benchmarks/parity_safetensors.py --out tests/fixtures/tiny_gemma3_hf
+  python benchmarks/parity_safetensors.py --out tests/fixtures/tiny_gemma3_hf   # bench extra
 Weights are drawn at std 1/sqrt(fan_in) and norm weights at std 0.5 (HF's init, std 0.02 and zero
 norms, would make the logits insensitive to the layout of most tensors).
 """

@@ -6,7 +6,7 @@ generated problems), same batching and length buckets; the only difference is th
 re-scoring baseline runs one forward pass per step prefix (what the open reproductions do) while
 ours reads every step end from one pass. Both must give the same scores (checked).
 
-  python benchmarks/prm_scoring.py --workdir=/work/wd_default
+  python benchmarks/prm_scoring.py --workdir=WORKDIR   # a workdir where the sample stage ran
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ def main(argv):
   del argv
   config = get_config()
   workdir = _WORKDIR.value
-  tok = common.load_tokenizer(workdir, 'benchmark')
+  tok = common.load_tokenizer(config, workdir, 'benchmark')
   model = common.model_config(config, 'base', tok.vocab_size)
   backbone = None
   if _BACKBONE.value == 'base':

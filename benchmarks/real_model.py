@@ -1,7 +1,7 @@
 """Decode throughput of the real Gemma 3 270M (PyPI GGUF): our sampler vs transformers generate()
 vs llama.cpp (llama-cpp-python), same file, batch 1 and 16, in one run.
 
-  /work/venv_bench/bin/python benchmarks/real_model.py --json benchmarks/results/real_model_cpu.json
+  python benchmarks/real_model.py --json benchmarks/results/real_model_cpu.json   # bench extra
 
 Workload: one GSM8K prompt (BOS + question, ~60 tokens); B samples of it, `--new_tokens` each at
 temperature 1 over the full vocabulary, no early stop; tokens/s = B * new_tokens / wall time of

@@ -2,8 +2,8 @@
 
 Workload: `--batch` samples of one `--prompt_len`-token prompt, `--new_tokens` each (no early
 stop), temperature 1, fp32, random `bench_gemma3_100m` params. Peers that are not installed are
-skipped. Full CPU run (needs /work/venv_bench for the peers):
-  /work/venv_bench/bin/python benchmarks/sampling.py --json /tmp/sampling.json
+skipped. Full CPU run (the peers need a venv with the bench extra):
+  python benchmarks/sampling.py --json benchmarks/results/sampling_cpu.json
 GPU, ours only:  python benchmarks/sampling.py --batch 256 --systems ttc_jax
 """
 

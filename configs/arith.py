@@ -46,13 +46,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.prm_data = ml_collections.ConfigDict(dict(
       # 256 problems x 8 samples x 4 rollouts: 4x the problems of 64 x 16 x 16 (the paper's
       # counts) with 60% of its rollouts, labelled in a quarter of the time; verifier accuracy
-      # was the same (BUILD.md, "Verifier evaluation").
+      # was the same (docs/verifier.md, sections 1-2).
       train_problems=256, validation_problems=16, num_samples=8, num_rollouts=4,
       temperature=1.0, max_new_tokens=256, problems_per_shard=4, prefixes_per_call=16))
   # The model the PRM and ORM sit on ('' = the proposer, config.model_name). Stage
   # train_verifier_backbone trains it (when it is not the proposer): train_base from the trained
   # model `init` ('' = random) with these settings. A head on the proposer itself ties majority
-  # vote: the proposer is sure of its own errors (BUILD.md, "A PRM that reads the likelihood").
+  # vote: the proposer is sure of its own errors (docs/verifier.md, sections 4-5).
   c.verifier_backbone = 'base_long'
   c.train_verifier_backbone = ml_collections.ConfigDict(dict(
       init='base', steps=2000, learning_rate=1e-3, warmup_steps=50))
@@ -62,7 +62,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                           log_every=100, checkpoint_every=250))
   c.train_prm.max_len = 320
   # Train only the value head: the backbone (and so the likelihood the head reads) stays as
-  # trained. Fine-tuning it on the value labels costs most of what it knows (BUILD.md). The head
+  # trained. Fine-tuning it on the value labels costs most of what it knows (docs/verifier.md, 5). The head
   # then trains on the backbone's step-end inputs, computed once (seconds, not minutes).
   c.train_prm.freeze_backbone = True
   c.eval_verifiers = ml_collections.ConfigDict(dict(

@@ -15,7 +15,7 @@ Variants (`--config=configs/gemma3_270m_gsm8k.py:VARIANT`):
 safetensors checkpoint (config.json, model.safetensors, tokenizer.model).
 `--config.model.weight_dtype=bfloat16` keeps the matmul weights in bf16 (activations, cache and
 accumulation stay fp32): half the bytes per decode step, 1.7x the tokens/s at batch 16 on a 2-core
-CPU (BUILD.md), logits within 6.5e-3 of the largest fp32 logit.
+CPU (BUILD.md, "Benchmark"), logits within 6.5e-3 of the largest fp32 logit.
 """
 
 import ml_collections

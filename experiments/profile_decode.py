@@ -1,7 +1,7 @@
-"""Where a decode step's time goes: the sampling benchmark's workload under jax.profiler, per kind
-of compiled XLA:CPU op (dot fusions, slice copies, ...).
+"""Where a decode step's time goes: the sampling benchmark's workload (benchmarks/sampling.py)
+under jax.profiler, per kind of compiled XLA:CPU op (dot fusions, slice copies, ...).
 
-  python benchmarks/profile_decode.py [--config bench_gemma3_100m --batch 64 --new_tokens 128]
+  python experiments/profile_decode.py [--config bench_gemma3_100m --batch 64 --new_tokens 128]
 
 One warm-up call, then one profiled call of `Sampler.sample`; the trace's per-op durations are
 summed by op name with the numeric suffix stripped (`ynn_fusion.137` -> `ynn_fusion`: XLA:CPU's

@@ -2,7 +2,7 @@
 bf16 weights (bf16 x bf16 -> fp32 accumulation; as an einsum and as x @ E.T) vs bf16 weights
 upcast before the dot.
 
-  python benchmarks/unembed.py [--batch 16]
+  python experiments/unembed.py [--batch 16]
 
 Random weights of the real shape; median of 10 calls after one warm-up. Shows how much of a
 batch-16 decode step (benchmarks/real_model.py) is reading the 671 MB fp32 unembedding.

@@ -1,10 +1,16 @@
-"""Is there a generator-verifier gap on the task? Three diagnostics on a finished default workdir.
+"""Is there a generator-verifier gap on the task? Four diagnostics on a finished default workdir.
 
-  python benchmarks/verifier_gap.py --workdir=WD --mode=confidence      # ~4 min on 2 cores
-  python benchmarks/verifier_gap.py --workdir=WD --mode=confidence --scorer=large --bins=2,3,4
-  python benchmarks/verifier_gap.py --workdir=WD --mode=more_labels     # ~25 min on 2 cores
-  python benchmarks/verifier_gap.py --workdir=WD --mode=bon_picks       # seconds (after eval_verifiers)
-  python benchmarks/verifier_gap.py --workdir=WD --mode=gold_nll --models=base,large,base_long
+  python experiments/verifier_gap.py --workdir=WORKDIR --mode=confidence   # ~4 min on 2 cores
+  python experiments/verifier_gap.py --workdir=WORKDIR --mode=confidence --scorer=large \
+      --bins=2,3,4
+  python experiments/verifier_gap.py --workdir=WORKDIR --mode=more_labels  # ~25 min on 2 cores
+  python experiments/verifier_gap.py --workdir=WORKDIR --mode=bon_picks    # seconds, after
+                                                                          # eval_verifiers
+  python experiments/verifier_gap.py --workdir=WORKDIR --mode=gold_nll \
+      --models=base,large,base_long
+
+Add `--json experiments/results/verifier_gap_<mode>.json` to keep the table (the committed ones are
+there; docs/verifier.md reads them).
 
 `confidence`: the generator's own probability of each pooled test sample (teacher-forced, one
 forward pass) used as a verifier score: the whole sample's probability, its least likely token,
@@ -52,7 +58,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), '..'))
 
 from configs import arith as arith_config  # noqa: E402
 from ttc_jax.model.transformer import Transformer  # noqa: E402
-from ttc_jax.pipeline import calibrate, common, eval_verifiers, sample, train_base  # noqa: E402
+from ttc_jax.pipeline import common, eval_verifiers, sample, train_base  # noqa: E402
 from ttc_jax.sampling.sampler import bucket_length  # noqa: E402
 from ttc_jax.tasks import arith  # noqa: E402
 from ttc_jax.training import data, objectives, trainer  # noqa: E402
@@ -242,7 +248,8 @@ def gold_nll(config, workdir, tok, problems, models: list[str]) -> dict:
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument('--workdir', required=True)
+  parser.add_argument('--workdir', required=True,
+                      help='a workdir made by launch.main --config=configs/arith.py')
   parser.add_argument('--mode', choices=('confidence', 'more_labels', 'bon_picks', 'gold_nll'),
                       required=True)
   parser.add_argument('--steps', type=int, default=1500, help='more_labels: ORM training steps')
@@ -253,17 +260,18 @@ def main():
                       help='confidence: difficulty bins to keep (comma-separated)')
   parser.add_argument('--models', default='base,large',
                       help='gold_nll: trained models to compare (comma-separated)')
-  parser.add_argument('--json', default=None)
+  parser.add_argument('--json', default=None,
+                      help='write the table here (experiments/results/verifier_gap_*.json)')
   args = parser.parse_args()
   config = arith_config.get_config(None)
   recs = sample.load_samples(config, args.workdir, STAGE)
-  tok = common.load_tokenizer(args.workdir, STAGE)
+  tok = common.load_tokenizer(config, args.workdir, STAGE)
   problems = common.load_problems(config, args.workdir, config.sample.split, STAGE)
   prompts = {p.id: common.encode_example(tok, p)[0] for p in problems}
   answer_ids = np.stack([selection.answer_ids([arith.extract_answer(t) for t in r['completions']])
                          for r in recs])
   correct = np.array([r['correct'] for r in recs], bool)
-  bins = calibrate.difficulty_bins(correct.mean(1), config.calibrate.num_bins)
+  bins = evaluation.difficulty_bins(correct.mean(1), config.calibrate.num_bins)
   if args.mode == 'confidence':
     keep = np.isin(bins, [int(b) for b in args.bins.split(',')])
     recs, answer_ids, correct, bins = ([r for r, x in zip(recs, keep) if x], answer_ids[keep],

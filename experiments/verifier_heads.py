@@ -6,7 +6,8 @@ backbone once (`Scorer.step_inputs`); each head below is then a few matrix produ
 
   trained PRM / ORM      the heads `train_prm` / `train_orm` wrote (this checkpoint's design)
   fit: one weight set    exact logistic fit (L-BFGS) on prm_data's step labels, the same weights
-                         at every step end (session 7's design)
+                         at every step end (the likelihood-reading head before
+                         it had answer-step weights)
   fit: answer-step       the same with weights of their own at the answer step (EOS), as
                          `objectives.ValueHead`
   ceiling: pool outcomes a head fit to this pool's own answer-step inputs and outcomes: fit and
@@ -16,9 +17,9 @@ backbone once (`Scorer.step_inputs`); each head below is then a few matrix produ
 and each is scored by weighted `last`, BoN `last` and weighted `prod` at N = the pool size, per
 difficulty bin, with the gap between pass@1 and the oracle that weighted `last` closes.
 
-  python -m launch.main --config=configs/arith.py --workdir=W --mode=sample \
+  python -m launch.main --config=configs/arith.py --workdir=WORKDIR --mode=all \
       --config.sample.split=validation
-  python benchmarks/verifier_heads.py --workdir=W --split=validation
+  python experiments/verifier_heads.py --workdir=WORKDIR --split=validation
 """
 
 from __future__ import annotations
@@ -35,8 +36,9 @@ from absl import app, flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from configs.arith import get_config  # noqa: E402
+from ttc_jax import artifacts  # noqa: E402
 from ttc_jax import workdir as wd  # noqa: E402
-from ttc_jax.pipeline import calibrate, common, prm_data, sample, train_base, train_prm  # noqa: E402
+from ttc_jax.pipeline import common, prm_data, sample, train_base, train_prm  # noqa: E402
 from ttc_jax.tasks import arith  # noqa: E402
 from ttc_jax.training.objectives import ValueHead  # noqa: E402
 from ttc_jax.verifiers import evaluation, scoring, selection  # noqa: E402
@@ -47,7 +49,7 @@ _WORKDIR = flags.DEFINE_string('workdir', 'workdir', 'Workdir with samples of --
 _SPLIT = flags.DEFINE_string('split', 'validation', 'The pool: sample-stage split to evaluate on.')
 _DRAWS = flags.DEFINE_integer('draws', 20, 'Random draws per problem (orders, at N = pool).')
 _L2 = flags.DEFINE_float('l2', 1e-4, 'L2 penalty of the logistic fits (bias excluded).')
-_JSON = flags.DEFINE_string('json', 'benchmarks/results/verifier_heads_cpu.json', 'Output JSON.')
+_JSON = flags.DEFINE_string('json', 'experiments/results/verifier_heads_cpu.json', 'Output JSON.')
 
 STAGE = 'verifier_heads'
 METHODS = (Method('weighted_last', 'weighted', 'last'), Method('bon_last', 'best_of_n', 'last'),
@@ -101,15 +103,15 @@ def main(argv):
   config = get_config()
   config.sample.split = _SPLIT.value
   workdir = _WORKDIR.value
-  tok = common.load_tokenizer(workdir, STAGE)
+  tok = common.load_tokenizer(config, workdir, STAGE)
   recs = sample.load_samples(config, workdir, STAGE)
   problems = common.load_problems(config, workdir, config.sample.split, STAGE)
   prompts = {p.id: common.encode_example(tok, p)[0] for p in problems}
   answer_ids = np.stack([selection.answer_ids([arith.extract_answer(t) for t in r['completions']])
                          for r in recs])
   correct = np.array([r['correct'] for r in recs], bool)
-  bins = calibrate.difficulty_bins(correct.mean(1), config.calibrate.num_bins)
-  backbone_name = train_prm.backbone_name(config)
+  bins = evaluation.difficulty_bins(correct.mean(1), config.calibrate.num_bins)
+  backbone_name = artifacts.backbone_name(config)
   model, backbone = train_base.load_model(config, workdir, backbone_name, STAGE)
   scorer = scoring.Scorer(model, delimiter_id=tok.id_of(arith.STEP_DELIMITER), eos_id=tok.eos_id,
                           batch_tokens=config.eval_verifiers.batch_tokens)
@@ -129,8 +131,8 @@ def main(argv):
   print(f'{STAGE}: head inputs of the pool and of {len(labels)} prm_data solutions', flush=True)
 
   heads = {}
-  for kind in train_prm.KINDS:
-    if os.path.exists(common.model_info_path(workdir, train_prm.verifier_name(config, kind))):
+  for kind in artifacts.VERIFIER_KINDS:
+    if artifacts.status(artifacts.verifier(config, workdir, kind)).state is artifacts.State.DONE:
       head = train_prm.load_verifier(config, workdir, kind, STAGE)[1]['value_head']
       heads[f'trained {kind.upper()}'] = lambda x, h=head: scoring.sigmoid(
           ValueHead().apply({'params': h}, x))

@@ -9,11 +9,10 @@ difficulty bin at N, weighted `last` / `min` / `prod` with the PRM and weighted 
 each k, beside majority, best-of-N and the gap between pass@1 and the oracle that each closes.
 It changes nothing in the pipeline: choose on the validation pool, read the test pool once.
 
-  python -m launch.main --config=configs/arith.py --workdir=W --mode=sample \
+  python -m launch.main --config=configs/arith.py --workdir=WORKDIR --mode=all \
       --config.sample.split=validation
-  python -m launch.main --config=configs/arith.py --workdir=W --mode=eval_verifiers \
-      --config.sample.split=validation
-  python benchmarks/weighted_voting.py --workdir=W --split=validation
+  python experiments/weighted_voting.py --workdir=WORKDIR --split=validation \
+      --json=experiments/results/weighted_voting_validation_cpu.json
 """
 
 from __future__ import annotations
@@ -28,7 +27,7 @@ from absl import app, flags
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from configs.arith import get_config  # noqa: E402
 from ttc_jax import workdir as wd  # noqa: E402
-from ttc_jax.pipeline import calibrate, eval_verifiers, sample  # noqa: E402
+from ttc_jax.pipeline import eval_verifiers, sample  # noqa: E402
 from ttc_jax.tasks import arith  # noqa: E402
 from ttc_jax.verifiers import evaluation, selection  # noqa: E402
 from ttc_jax.verifiers.evaluation import Method  # noqa: E402
@@ -38,7 +37,7 @@ _SPLIT = flags.DEFINE_string('split', 'validation', 'The pool: sample-stage spli
 _N = flags.DEFINE_integer('n', 64, 'Candidates per draw (at most the pool size).')
 _DRAWS = flags.DEFINE_integer('draws', 20, 'Random draws per problem.')
 _POWERS = flags.DEFINE_list('powers', ['1', '2', '4', '8', '16'], 'Score powers k to compare.')
-_JSON = flags.DEFINE_string('json', 'benchmarks/results/weighted_voting_cpu.json', 'Output JSON.')
+_JSON = flags.DEFINE_string('json', 'experiments/results/weighted_voting_cpu.json', 'Output JSON.')
 
 STAGE = 'weighted_voting'
 
@@ -63,7 +62,7 @@ def main(argv):
   answer_ids = np.stack([selection.answer_ids([arith.extract_answer(t) for t in r['completions']])
                          for r in recs])
   correct = np.array([r['correct'] for r in recs], bool)
-  bins = calibrate.difficulty_bins(correct.mean(1), config.calibrate.num_bins)
+  bins = evaluation.difficulty_bins(correct.mean(1), config.calibrate.num_bins)
   groups = [str(b) for b in sorted(set(bins.tolist()))]
   masks = {g: bins == int(g) for g in groups}
   subsets = evaluation.draw_subsets(np.random.default_rng(0), len(bins), pool, _N.value,

@@ -7,7 +7,9 @@ A stage skips finished work, resumes partial work, and stops on work made under 
 
 import logging as py_logging
 import os
+import re
 import sys
+import warnings
 
 import tensorflow_datasets as tfds
 from absl import app, flags, logging
@@ -53,11 +55,17 @@ def _fail(message: str) -> None:
   sys.exit(2)
 
 
-def _last_line(e: BaseException) -> str:
-  """The message of the innermost error: config_flags wraps a config file's exception (and its
-  traceback) into the text of its own."""
-  lines = [l.strip() for l in str(e).strip().splitlines() if l.strip()]
-  return lines[-1] if lines else type(e).__name__
+def _message(e: BaseException) -> str:
+  """One line from an error of the command line: config_flags puts a config file's exception,
+  or a KeyError's repr, into the text of its own."""
+  text = e.args[0] if isinstance(e, KeyError) and e.args and isinstance(e.args[0], str) else str(e)
+  text = text.replace('\\n', '\n').replace("\\'", "'")
+  lines = [l.strip() for l in text.strip().splitlines() if l.strip().strip('\'"')]
+  if not lines:
+    return type(e).__name__
+  if isinstance(e, KeyError) or 'Did you mean' in text:  # the key, then the suggestion
+    return '; '.join(l.strip('\'"') for l in lines)
+  return re.sub(r'^[A-Za-z_.]*(Error|Exception): ', '', lines[-1])
 
 
 def _parse_flags(argv):
@@ -70,11 +78,20 @@ def _parse_flags(argv):
       raise
     overrides = [a.split('=')[0] for a in argv if a.startswith('--config.')]
     unknown_key = isinstance(e, (KeyError, AttributeError)) or 'Did you mean' in str(e)
-    message = _last_line(e)
-    if isinstance(e, KeyError) and message.startswith(("'", '"')):
-      message = message[1:-1]  # str(KeyError) quotes its message
-    _fail(f'unknown config key among {overrides}: {message}' if unknown_key and overrides
-          else message)
+    _fail(f'unknown config key among {overrides}: {_message(e)}' if unknown_key and overrides
+          else _message(e))
+
+
+def _load_config():
+  try:
+    config = _CONFIG.value
+    'seed' in config  # noqa: B015 (config_flags defers a failed load to the first access)
+  except (OSError, ValueError, KeyError, AttributeError, SyntaxError, ImportError) as e:
+    if _TRACEBACK.value:
+      raise
+    raise UserError(f'--config={flags.FLAGS["config"].serialize().split("=", 1)[-1]} did not '
+                    f'load: {_message(e)}') from None
+  return config
 
 
 class _QuietLibraries(py_logging.Filter):
@@ -84,9 +101,11 @@ class _QuietLibraries(py_logging.Filter):
   def filter(self, record: py_logging.LogRecord) -> bool:
     if f'{os.sep}ttc_jax{os.sep}' in record.pathname:
       return True
-    # TFDS warns at every builder of a config it has no registry entry for: all of ours.
+    # TFDS warns at every builder of a config it has no registry entry for (all of ours), and
+    # before it builds a dataset that is not there yet.
     return (record.levelno >= py_logging.WARNING
-            and not str(record.msg).startswith('Using custom data configuration'))
+            and not str(record.msg).startswith(('Using custom data configuration',
+                                                'Variant folder')))
 
 
 def main(argv):
@@ -94,10 +113,10 @@ def main(argv):
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   logging.get_absl_handler().addFilter(_QuietLibraries())
   tfds.disable_progress_bar()
+  # Rollouts donate caches that XLA:CPU cannot always alias; the warning says nothing to a user.
+  warnings.filterwarnings('ignore', message='Some donated buffers were not usable')
   try:
-    config = _CONFIG.value
-    if config is None:
-      raise UserError('--config did not load; pass --config=configs/<file>.py[:variant]')
+    config = _load_config()
     config_checks.check(config)
     workdir = os.path.abspath(_WORKDIR.value)
     if _MODE.value == 'status':

@@ -9,3 +9,32 @@ os.environ["XLA_FLAGS"] = (
 import jax  # noqa: E402
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
+
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+
+import pytest  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = 'configs/arith.py:tiny'
+
+
+def launch(workdir, *args, mode='all', wait=True, config=TINY):
+  """The launcher in a subprocess, as a user runs it (CPU, one device)."""
+  cmd = [sys.executable, '-m', 'launch.main', f'--config={config}', f'--workdir={workdir}',
+         f'--mode={mode}', *args]
+  env = dict(os.environ, JAX_PLATFORMS='cpu', XLA_FLAGS='')
+  if not wait:
+    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+  return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope='session')
+def full_run(tmp_path_factory):
+  """A finished `--mode=all` on the tiny arith config (the launcher and registry tests share it;
+  tests copy it before changing anything)."""
+  workdir = tmp_path_factory.mktemp('full')
+  result = launch(workdir)
+  assert result.returncode == 0, result.stderr[-2000:]
+  return workdir

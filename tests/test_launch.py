@@ -4,49 +4,46 @@ one-line errors for bad input; the PRM chain (prm_data, train_prm, train_orm) on
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 
 import numpy as np
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = 'configs/arith.py:tiny'
+from conftest import launch
+
+CALIB = ('calibration', 'base', 'test')
+EVAL = ('eval_verifiers', 'base', 'test', 'on_base_long')
 
 
-def launch(workdir, *args, mode='all', wait=True):
-  cmd = [sys.executable, '-m', 'launch.main', f'--config={TINY}', f'--workdir={workdir}',
-         f'--mode={mode}', *args]
-  env = dict(os.environ, JAX_PLATFORMS='cpu', XLA_FLAGS='')
-  if not wait:
-    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-  return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+def _under(workdir, parts):
+  return workdir.joinpath(*parts)
 
 
-def _final_params(workdir):
+def _final_params(workdir, steps):
   from configs.arith import get_config
   from ttc_jax.pipeline import train_base
   import jax
-  _, params = train_base.load_model(get_config('tiny'), str(workdir), 'base', 'test')
+  config = get_config('tiny')
+  config.train.steps = steps
+  _, params = train_base.load_model(config, str(workdir), 'base', 'test')
   return [np.asarray(x) for x in jax.tree.leaves(params)]
-
-
-@pytest.fixture(scope='module')
-def full_run(tmp_path_factory):
-  workdir = tmp_path_factory.mktemp('full')
-  result = launch(workdir)
-  assert result.returncode == 0, result.stderr[-2000:]
-  return workdir
 
 
 def test_all_writes_every_artifact(full_run):
   from configs.arith import get_config
-  calib = json.loads((full_run / 'calibration.json').read_text())
+  calib = json.loads((_under(full_run, CALIB) / 'calibration.json').read_text())
   assert set(calib['bins']) == {'1', '2', '3', '4', '5'}
   assert calib['overall']['num_problems'] == 20
-  assert (full_run / 'calibration.png').stat().st_size > 1000
+  assert (_under(full_run, CALIB) / 'pass_at_k.png').stat().st_size > 1000
+  # Per problem: oracle pass@1 and bin, the same bins as the bin means, one difficulty file.
+  per = json.loads((_under(full_run, CALIB) / 'per_problem.json').read_text())['problems']
+  assert len(per) == 20 and len({p['id'] for p in per}) == 20
+  for b, row in calib['bins'].items():
+    mine = [p for p in per if p['bin'] == int(b)]
+    assert len(mine) == row['num_problems']
+    assert np.mean([p['pass@1'] for p in mine]) == pytest.approx(row['pass@1'])
+  difficulty = json.loads((_under(full_run, CALIB) / 'difficulty.json').read_text())
+  assert difficulty['bins'] == {p['id']: p['bin'] for p in per}
   info = json.loads((full_run / 'models' / 'base' / 'info.json').read_text())
   assert info['pretrain_flops'] == pytest.approx(6 * info['num_params'] * info['tokens_seen'])
   assert not [p for p in full_run.rglob('*') if '.tmp' in p.name]
@@ -59,14 +56,26 @@ def test_all_writes_every_artifact(full_run):
     info = json.loads((full_run / 'models' / f'{kind}_on_base_long' / 'info.json').read_text())
     assert info['train_solutions'] > 0 and 0 <= info['validation']['step_brier'] <= 1
     assert info['backbone'] == 'base_long'
-  verifiers = json.loads((full_run / 'verifiers_on_base_long.json').read_text())
+  verifiers = json.loads((_under(full_run, EVAL) / 'verifiers.json').read_text())
   assert verifiers['ns'] == [1, 2, 4] and verifiers['groups']['overall']['num_problems'] == 20
+  # Per problem, method and N: their mean over a bin's problems is the bin's mean.
+  with np.load(_under(full_run, EVAL) / 'per_problem.npz') as z:
+    assert z['ids'].tolist() == [p['id'] for p in per] and z['ns'].tolist() == [1, 2, 4]
+    for b, group in verifiers['groups'].items():
+      rows = np.ones(20, bool) if b == 'overall' else z['bins'] == int(b)
+      for name, method in group['methods'].items():
+        np.testing.assert_allclose(z[f'accuracy:{name}'][rows].mean(0), method['accuracy'],
+                                   atol=1e-12)
   # The PRM's calibration is read against the labels train_prm held out; both see the same steps.
   prm_info = json.loads((full_run / 'models' / 'prm_on_base_long' / 'info.json').read_text())
   assert verifiers['prm_calibration']['num_steps'] == prm_info['validation']['step_count']
   assert verifiers['prm_calibration']['brier'] == pytest.approx(
       prm_info['validation']['step_brier'], abs=1e-4)
-  assert (full_run / 'verifiers_on_base_long.png').stat().st_size > 1000
+  assert (_under(full_run, EVAL) / 'verifiers.png').stat().st_size > 1000
+  # Every artifact's manifest says it is complete; the files follow the umask, not 0600.
+  for manifest in full_run.rglob('manifest.json'):
+    assert json.loads(manifest.read_text())['complete'], manifest
+    assert manifest.stat().st_mode & 0o044, manifest
 
 
 def test_rerun_skips_finished_stages(full_run):
@@ -93,7 +102,7 @@ def test_kill_9_during_train_base_then_rerun_equals_uninterrupted(full_run, tmp_
   assert not (tmp_path / 'models' / 'base' / 'info.json').exists()
   assert launch(tmp_path, '--config.train.steps=60', mode='train_base').returncode == 0
   assert launch(other, '--config.train.steps=60', mode='train_base').returncode == 0
-  for a, b in zip(_final_params(tmp_path), _final_params(other)):
+  for a, b in zip(_final_params(tmp_path, 60), _final_params(other, 60)):
     np.testing.assert_array_equal(a, b)
 
 
@@ -109,6 +118,53 @@ def test_unknown_config_key(tmp_path):
   assert not os.listdir(tmp_path)
 
 
+@pytest.mark.parametrize('args,line', [
+    (['--config.train.steps=-5'], 'error: --config.train.steps=-5: expected an integer >= 1'),
+    (['--config.train.batch_size=0'], 'error: --config.train.batch_size=0: expected an integer'),
+    (['--config.calibrate.num_bins=21'], 'error: --config.calibrate.num_bins=21: expected an '
+     'integer <= --config.task.test_size=20'),
+    (['--config=configs/nope.py'], "error: --config=configs/nope.py did not load: [Errno 2] No "
+     "such file or directory: 'configs/nope.py'"),
+    (['--config=configs/arith.py:huge'], "error: unknown arith variant 'huge'; expected default, "
+     'large, tiny or gpu'),
+    (['--mode=bogus'], 'error: --mode=bogus is not a stage of this config (arith pipeline)'),
+])
+def test_bad_command_lines_stop_before_any_work(tmp_path, args, line):
+  """Config values are checked when parsed: one line, exit 2, no workdir made, no traceback."""
+  result = launch(tmp_path / 'wd', *args)
+  assert result.returncode == 2, result.stderr[-2000:]
+  assert result.stderr.strip().startswith(line), result.stderr[-2000:]
+  assert len(result.stderr.strip().splitlines()) == 1, result.stderr[-2000:]
+  assert not (tmp_path / 'wd').exists()
+
+
+def test_a_bug_keeps_its_traceback(tmp_path):
+  """Only bad input (UserError) is one line: a KeyError from inside a stage is a bug and shows
+  its traceback, where the launcher used to print it as `error: 'key'`."""
+  import subprocess
+  import sys
+  from conftest import ROOT
+  code = ('import sys; from launch import main as m; from ttc_jax.pipeline import stages; '
+          "stages.execute = lambda *a: {}['no_such_key']; "
+          'm.app.run(m.main, flags_parser=m._parse_flags)')
+  result = subprocess.run(
+      [sys.executable, '-c', code, '--config=configs/arith.py:tiny', f'--workdir={tmp_path}',
+       '--mode=data'], cwd=ROOT, capture_output=True, text=True, timeout=300,
+      env=dict(os.environ, JAX_PLATFORMS='cpu', XLA_FLAGS=''))
+  assert result.returncode == 1, result.stderr[-2000:]
+  assert 'Traceback (most recent call last)' in result.stderr
+  assert result.stderr.strip().splitlines()[-1] == "KeyError: 'no_such_key'"
+
+
+def test_help_lists_stages_variants_and_overrides():
+  result = launch('unused', '--help')
+  assert result.returncode == 0
+  out = result.stdout + result.stderr
+  for text in ('train_verifier_backbone', 'import_model', 'configs/arith.py', 'tiny',
+               '--config.KEY=VALUE', '`all` runs them in this order', '--rebuild_stale'):
+    assert text in out, text
+
+
 def test_stage_before_its_inputs(tmp_path):
   _one_line_error(launch(tmp_path, mode='train_base'), 'run --mode=tokenizer first')
   assert not (tmp_path / 'models').exists()
@@ -122,38 +178,60 @@ def test_unwritable_workdir(tmp_path):
 
 
 def test_corrupt_checkpoint(full_run, tmp_path):
+  """A damaged checkpoint stops every stage that reads it, with the remedy; after the remedy
+  (delete the bad step), readers refuse the model until train_base has trained it back to the
+  step its info.json records (never the previous step in its place)."""
   import shutil
-  shutil.copytree(full_run, tmp_path / 'wd')
-  (tmp_path / 'wd' / 'models' / 'base' / 'info.json').unlink()
-  (tmp_path / 'wd' / 'calibration.json').unlink()
-  shutil.rmtree(tmp_path / 'wd' / 'samples')
-  for f in (tmp_path / 'wd' / 'models' / 'base' / '300').rglob('*'):
+  from configs.arith import get_config
+  from ttc_jax.errors import CorruptArtifactError
+  from ttc_jax.pipeline import common
+  from ttc_jax.training import objectives, trainer
+  workdir = tmp_path / 'wd'
+  shutil.copytree(full_run, workdir)
+  for f in (workdir / 'models' / 'base' / '300').rglob('*'):
     if f.is_file():
       f.write_bytes(b'')
-  _one_line_error(launch(tmp_path / 'wd', mode='train_base'), 'is corrupt or does not match')
+  _one_line_error(launch(workdir, mode='sample'), 'is damaged')
+  _one_line_error(launch(workdir, mode='train_base'), 'changed size after train_base wrote it')
+  shutil.rmtree(workdir / 'models' / 'base' / '300')
+  config = get_config('tiny')
+  with pytest.raises(CorruptArtifactError, match='no checkpoint of step 300'):
+    trainer.load_params(str(workdir / 'models' / 'base'),
+                        objectives.LanguageModeling(common.model_config(config, 'base', 64)),
+                        config.train, step=300)
+  _one_line_error(launch(workdir, mode='sample'), 'run --mode=train_base first')
+  result = launch(workdir, mode='train_base')
+  assert result.returncode == 0 and 'resumed from step 290' in result.stderr, result.stderr[-2000:]
+  for a, b in zip(_final_params(workdir, 300), _final_params(full_run, 300)):
+    np.testing.assert_array_equal(a, b)
 
 
-def test_second_model_is_binned_by_the_base_models_difficulty(full_run, tmp_path):
+def test_second_model_is_binned_by_the_base_models_difficulty(full_run, tmp_path, monkeypatch):
   """`large` is calibrated on the base model's bins: same problems per bin, base pass@1 alongside."""
   import shutil
   from configs.arith import get_config
-  from ttc_jax.pipeline import calibrate
+  from ttc_jax import artifacts
+  from ttc_jax.pipeline import calibrate, sample
   workdir = tmp_path / 'wd'
-  for sub in ('data', 'samples/base'):
-    shutil.copytree(full_run / sub, workdir / sub)
-  base_calib = json.loads((full_run / 'calibration.json').read_text())
-  # The second model gets every grade flipped: its own easiest problems are the base's hardest.
-  (workdir / 'samples' / 'large' / 'test').mkdir(parents=True)
-  for shard in (workdir / 'samples' / 'base' / 'test').glob('*.jsonl'):
-    recs = [json.loads(line) for line in shard.read_text().splitlines() if line]
-    for r in recs:
-      r['correct'] = [not c for c in r['correct']]
-    (workdir / 'samples' / 'large' / 'test' / shard.name).write_text(
-        '\n'.join(json.dumps(r) for r in recs) + '\n')
+  shutil.copytree(full_run, workdir)
+  base_calib = json.loads((_under(full_run, CALIB) / 'calibration.json').read_text())
+  # The second model's samples: the base model's with every grade flipped, so its own easiest
+  # problems are the base's hardest.
+  load = sample.load_samples
+
+  def flipped(config, workdir_, stage, model_name=''):
+    if model_name or config.model_name == 'base':
+      return load(config, workdir_, stage, model_name)
+    recs = load(config, workdir_, stage, 'base')
+    return [dict(r, correct=[not c for c in r['correct']]) for r in recs]
+
+  monkeypatch.setattr(sample, 'load_samples', flipped)
   config = get_config('tiny')
   config.model_name = 'large'
+  out = artifacts.calibration(config, str(workdir))
+  assert out.name == 'calibration/large/test'
   calibrate.run(config, str(workdir))
-  calib = json.loads((workdir / 'calibration_large.json').read_text())
+  calib = json.loads((workdir / out.name / 'calibration.json').read_text())
   assert calib['bins_by'] == 'base'
   for b, row in calib['bins'].items():
     base_row = base_calib['bins'][b]
@@ -161,11 +239,11 @@ def test_second_model_is_binned_by_the_base_models_difficulty(full_run, tmp_path
     assert row['base_pass@1'] == pytest.approx(base_row['pass@1'])
     assert row['pass@1'] == pytest.approx(1 - base_row['pass@1'])
   # Problems the base model was never sampled on cannot be binned: a one-line error, no file.
-  (workdir / 'calibration_large.json').unlink()
+  shutil.rmtree(workdir / out.name)
   shutil.rmtree(workdir / 'samples' / 'base')
-  with pytest.raises(FileNotFoundError, match='run --mode=sample first'):
+  with pytest.raises(FileNotFoundError, match='run --mode=sample --config.model_name=base first'):
     calibrate.run(config, str(workdir))
-  assert not (workdir / 'calibration_large.json').exists()
+  assert not (workdir / out.name).exists()
 
 
 def _labels(workdir, split='train'):
@@ -180,7 +258,7 @@ def test_prm_labels(full_run):
   from ttc_jax.tasks import arith
   from ttc_jax.verifiers.steps import step_ends
   config = get_config('tiny')
-  tok = common.load_tokenizer(str(full_run), 'test')
+  tok = common.load_tokenizer(config, str(full_run), 'test')
   train, valid = _labels(full_run), _labels(full_run, 'validation')
   assert train and valid
   assert not {l.problem_id for l in train} & {l.problem_id for l in valid}
@@ -200,7 +278,7 @@ def test_prm_labels(full_run):
 def test_kill_9_during_prm_data_then_rerun_loses_at_most_one_shard(full_run, tmp_path):
   import shutil
   shutil.copytree(full_run, tmp_path / 'wd')
-  labels_dir = next((tmp_path / 'wd' / 'prm_data' / 'base').iterdir())
+  labels_dir = tmp_path / 'wd' / 'prm_data' / 'base'
   shards = labels_dir / 'shards'
   originals = {p.name: json.loads(p.read_text())['records'] for p in shards.iterdir()}
   assert sorted(originals) == ['train-00000.json', 'train-00001.json', 'validation-00000.json']
@@ -296,7 +374,7 @@ def test_verifiers_on_another_backbone(full_run, tmp_path):
   from ttc_jax.pipeline import train_base, train_prm
   shutil.copytree(full_run, tmp_path / 'wd')
   workdir = tmp_path / 'wd'
-  before = (workdir / 'verifiers_on_base_long.json').read_bytes()
+  before = (_under(workdir, EVAL) / 'verifiers.json').read_bytes()
   on_large = [*TINY_LARGE, '--config.verifier_backbone=large']
   # The backbone must be trained first: a one-line error naming the stage, nothing written.
   _one_line_error(launch(workdir, *on_large, mode='train_prm'),
@@ -313,6 +391,7 @@ def test_verifiers_on_another_backbone(full_run, tmp_path):
   config.models.large.update(dict(embed_dim=48, hidden_dim=96, num_heads=2, head_dim=16,
                                   num_kv_heads=1, num_layers=2))
   config.verifier_backbone = 'large'
+  config.train_verifier_backbone.init = ''
   large_model, large_params = train_base.load_model(config, str(workdir), 'large', 'test')
   large_info = json.loads((workdir / 'models' / 'large' / 'info.json').read_text())
   assert 'init_from' not in large_info
@@ -328,13 +407,14 @@ def test_verifiers_on_another_backbone(full_run, tmp_path):
     for a, b in zip(jax.tree.leaves(params['transformer']), jax.tree.leaves(large_params)):
       np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
   assert (workdir / 'verifier_scores' / 'base' / 'test' / 'prm_on_large').is_dir()
-  verifiers = json.loads((workdir / 'verifiers_on_large.json').read_text())
+  on_large = ('eval_verifiers', 'base', 'test', 'on_large')
+  verifiers = json.loads((_under(workdir, on_large) / 'verifiers.json').read_text())
   assert verifiers['verifier_backbone'] == 'large' and verifiers['model'] == 'base'
-  assert (workdir / 'verifiers_on_large.png').stat().st_size > 1000
-  assert (workdir / 'verifiers_on_base_long.json').read_bytes() == before
+  assert (_under(workdir, on_large) / 'verifiers.png').stat().st_size > 1000
+  assert (_under(workdir, EVAL) / 'verifiers.json').read_bytes() == before
   # A backbone the config does not define: one line.
   _one_line_error(launch(workdir, '--config.verifier_backbone=huge', mode='train_prm'),
-                  "verifier_backbone='huge' is not a model of this config")
+                  "--config.verifier_backbone='huge': expected '' or one of the models")
   # On the proposer itself: nothing to train.
   models = sorted(os.listdir(workdir / 'models'))
   result = launch(workdir, '--config.verifier_backbone=', mode='train_verifier_backbone')
@@ -358,11 +438,13 @@ def test_train_base_continues_from_another_model(full_run, tmp_path):
   _one_line_error(launch(workdir, *args, *TINY_LARGE, '--config.train_init=large',
                          mode='train_base'), "train_init='large' has other parameter shapes")
   _one_line_error(launch(workdir, *args, '--config.train_init=base_long', mode='train_base'),
-                  "train_init='base_long' is the model being trained")
+                  "--config.train_init='base_long': expected '' or a model other than")
   assert not (workdir / 'models' / 'base_long').exists()
   result = launch(workdir, *args, '--config.train_init=base', mode='train_base')
   assert result.returncode == 0, result.stderr[-2000:]
   config = get_config('tiny')
+  config.update(dict(model_name='base_long', train_init='base'))
+  config.train.update(dict(steps=3, learning_rate=0.0, warmup_steps=1))
   _, base = train_base.load_model(config, str(workdir), 'base', 'test')
   _, cont = train_base.load_model(config, str(workdir), 'base_long', 'test')
   for a, b in zip(jax.tree.leaves(base), jax.tree.leaves(cont)):

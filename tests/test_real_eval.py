@@ -25,13 +25,13 @@ def test_majority_at_k():
   rng = np.random.default_rng(0)
   # 3 of 4 samples say '5' (correct): a full vote is right; one sample is right 3/4 of the time.
   rec = _rec(['5', '5', '7', '5'], [True, True, False, True])
-  assert real_eval.majority_at_k(rec, 4, rng, 8) == 1.0
-  assert real_eval.majority_at_k(rec, 1, np.random.default_rng(0), 4000) == pytest.approx(
-      0.75, abs=0.03)
-  # A 2-2 tie splits evenly; samples without an answer do not vote.
-  assert real_eval.majority_at_k(_rec(['1', '2', None, None], [True, False, False, False]),
-                                 4, rng, 1) == 0.5
-  assert real_eval.majority_at_k(_rec([None, None], [False, False]), 2, rng, 1) == 0.0
+  assert real_eval.majority_at_k([rec], 4, rng, 8)[0] == 1.0
+  assert real_eval.majority_at_k([rec], 1, rng, 4000)[0] == pytest.approx(0.75, abs=0.03)
+  # A 2-2 tie goes to the answer drawn first: evenly split over random draws; samples without
+  # an answer do not vote, and none at all is never correct.
+  tie = _rec(['1', '2', None, None], [True, False, False, False])
+  assert real_eval.majority_at_k([tie], 4, rng, 4000)[0] == pytest.approx(0.5, abs=0.03)
+  assert real_eval.majority_at_k([_rec([None, None], [False, False])], 2, rng, 4)[0] == 0.0
 
 
 def test_summarize_pass_and_majority():
@@ -51,12 +51,12 @@ def launch(workdir, mode, *args):
 
 
 def test_missing_data_dir_is_a_one_line_error(tmp_path):
-  os.makedirs(tmp_path / 'models' / 'gemma3_270m')
-  (tmp_path / 'models' / 'gemma3_270m' / 'info.json').write_text('{}')
-  result = launch(tmp_path, 'sample', '--config.task.data_dir=/nonexistent/gsm8k')
+  result = launch(tmp_path / 'wd', 'sample', '--config.task.data_dir=/nonexistent/gsm8k')
   assert result.returncode == 2
   last = result.stderr.strip().splitlines()[-1]
-  assert last.startswith('error: ') and '/nonexistent/gsm8k/train.jsonl not found' in last, last
+  assert last.startswith("error: --config.task.data_dir='/nonexistent/gsm8k': expected an "
+                         'existing directory'), last
+  assert not (tmp_path / 'wd').exists()  # checked before any work
 
 
 def test_sample_before_import_is_a_one_line_error(tmp_path):
@@ -70,7 +70,8 @@ def test_import_sample_calibrate_on_the_real_model(tmp_path):
   for mode in ('import_model', 'sample', 'calibrate'):
     result = launch(tmp_path, mode)
     assert result.returncode == 0, result.stderr[-2000:]
-  out = json.loads((tmp_path / 'eval_gemma3_270m_gsm8k.json').read_text())
+  out = json.loads((tmp_path / 'calibration' / 'gemma3_270m' / 'gsm8k_test' /
+                    'calibration.json').read_text())
   assert out['overall']['num_problems'] == 2 and set(out['overall']) >= {
       'greedy_accuracy', 'pass@1', 'pass@2', 'maj@1', 'maj@2'}
   shard = tmp_path / 'samples' / 'gemma3_270m' / 'gsm8k_test' / 'shard_00000.jsonl'
@@ -79,7 +80,7 @@ def test_import_sample_calibrate_on_the_real_model(tmp_path):
   mtime = shard.stat().st_mtime_ns
   result = launch(tmp_path, 'sample')
   assert result.returncode == 0 and shard.stat().st_mtime_ns == mtime  # finished shards kept
-  assert 'shards exist' in result.stderr  # skipped before loading the model
+  assert 'samples/gemma3_270m/gsm8k_test done, skipping' in result.stderr  # no model loaded
 
 
 def test_weight_dtype_option_reaches_the_model_config():

@@ -3,7 +3,6 @@ scoring equal to per-prefix re-scoring, subsampled accuracy equal to its exact e
 
 import dataclasses
 import itertools
-import json
 import os
 
 import jax
@@ -12,7 +11,8 @@ import pytest
 
 from configs.arith import get_config
 from ttc_jax.model import config as cfg_lib
-from ttc_jax.pipeline import calibrate, common, eval_verifiers, prm_data, train_prm
+from ttc_jax import artifacts
+from ttc_jax.pipeline import common, eval_verifiers, prm_data, stages, train_prm
 from ttc_jax.tasks import arith
 from ttc_jax.tokenizer import Tokenizer
 from ttc_jax.training import data, objectives
@@ -177,7 +177,7 @@ def test_subsampled_accuracy_matches_exact_expectation():
                               {k: v[0] for k, v in scores.items()}, n)
       assert got == pytest.approx(exact, abs=0.015), (method.name, n)
     oracle = evaluation.oracle_accuracy(correct, subsets)[0]
-    assert oracle == pytest.approx(calibrate.pass_at_k(5, 2, n), abs=0.015)
+    assert oracle == pytest.approx(evaluation.pass_at_k(5, 2, n), abs=0.015)
   with pytest.raises(ValueError, match='budget N=6 with a pool of 5'):
     evaluation.draw_subsets(rng, 1, 5, 6, 10)
 
@@ -201,9 +201,13 @@ def test_accuracy_table_with_a_perfect_and_a_useless_verifier():
   perfect = correct.astype(np.float64)
   scores = {f'{v}/{a}': perfect if v == 'prm' else np.full((p, k), 0.5)
             for v in ('prm', 'orm') for a in selection.AGGREGATIONS}
-  bins = calibrate.difficulty_bins(correct.mean(1), 3)
-  table = eval_verifiers.accuracy_table(answer_ids, correct, scores, bins, (1, 4, 8), 500, 0)
+  bins = evaluation.difficulty_bins(correct.mean(1), 3)
+  table, per_problem = eval_verifiers.accuracy_table(answer_ids, correct, scores, bins,
+                                                     (1, 4, 8), 500, 0)
   assert set(table) == {'overall', '1', '2', '3'}
+  for name, acc in per_problem.items():  # per problem, per N: the bin means average them
+    assert acc.shape == (p, 3)
+    np.testing.assert_allclose(acc[bins == 1].mean(0), table['1']['methods'][name]['accuracy'])
   assert sum(table[b]['num_problems'] for b in '123') == p
   for group in table.values():
     m = group['methods']
@@ -253,7 +257,7 @@ def test_score_samples_cached_per_shard(tok, tmp_path):
   first = eval_verifiers.score_samples(config, str(tmp_path), recs, prompts, tok, verifiers)
   comps = [tok.encode(t, add_eos=True) for r in recs for t in r['completions']]
   for kind in ('prm', 'orm'):
-    directory = eval_verifiers.scores_dir(config, str(tmp_path), kind)
+    directory = artifacts.verifier_scores(config, str(tmp_path), kind).path
     assert sorted(os.listdir(directory)) == ['shard_00000.npz', 'shard_00001.npz']
     direct = scorer.score(params[kind], [prompts[r['id']] for r in recs for _ in r['completions']],
                           comps)
@@ -271,38 +275,32 @@ def test_score_samples_cached_per_shard(tok, tmp_path):
   for kind in ('prm', 'orm'):
     for a, b in zip([x for r in again[kind] for x in r], [x for r in first[kind] for x in r]):
       np.testing.assert_array_equal(a, b)
-  os.remove(os.path.join(eval_verifiers.scores_dir(config, str(tmp_path), 'orm'),
-                         'shard_00000.npz'))
+  os.remove(artifacts.verifier_scores(config, str(tmp_path), 'orm').file('shard_00000.npz'))
   recs[2]['id'] = recs[1]['id']  # other samples in shard 1: rescored, shard 0 reused
   eval_verifiers.score_samples(config, str(tmp_path), recs, prompts, tok, verifiers)
   assert calls == [1, 1]
 
 
 def test_eval_verifiers_stage(tmp_path, monkeypatch):
-  """The stage's glue on the tiny config, with random-parameter verifiers standing in for the
-  trained ones (the trained chain runs in tests/test_launch.py): files, keys, skip on rerun."""
+  """The stage's glue on the tiny config, with stand-in samples and random-parameter verifiers
+  (the trained chain runs in tests/test_launch.py): files and keys."""
   from ttc_jax import workdir as wd
-  from ttc_jax.pipeline import data, prm_data, sample, tokenizer, train_prm
+  from ttc_jax.pipeline import sample
   config = get_config('tiny')
-  config.verifier_backbone = ''  # the stand-in verifiers sit on the proposer: plain file names
+  config.verifier_backbone = ''  # the stand-in verifiers sit on the proposer
   workdir = str(tmp_path)
-  data.run(config, workdir)
-  tokenizer.run(config, workdir)
-  tok = common.load_tokenizer(workdir, 'test')
+  for name in ('data', 'tokenizer'):
+    stages.execute(stages.table(config)[name], config, workdir, rebuild_stale=False)
+  tok = common.load_tokenizer(config, workdir, 'test')
   problems = common.load_problems(config, workdir, 'test', 'test')
   rng = np.random.default_rng(0)
-  directory = common.samples_dir(workdir, 'base', 'test')
-  per = config.sample.problems_per_batch
-  for shard in range(sample.num_shards(len(problems), per)):
-    lines = []
-    for p in problems[shard * per:(shard + 1) * per]:
-      texts = [arith.format_solution(p.steps[:-1] + (arith.answer_line(p.answer + d),))
-               for d in rng.integers(-1, 2, config.sample.num_samples)]
-      texts[-1] = texts[-1][:-2]  # an unfinished one, no answer
-      lines.append(json.dumps({'id': p.id, 'num_ops': p.num_ops, 'answer': p.answer,
-                               'completions': texts,
-                               'correct': [arith.grade(t, p.answer) for t in texts]}))
-    wd.atomic_write_text(sample.shard_path(directory, shard), '\n'.join(lines) + '\n')
+  recs = []
+  for p in problems:
+    texts = [arith.format_solution(p.steps[:-1] + (arith.answer_line(p.answer + d),))
+             for d in rng.integers(-1, 2, config.sample.num_samples)]
+    texts[-1] = texts[-1][:-2]  # an unfinished one, no answer
+    recs.append({'id': p.id, 'num_ops': p.num_ops, 'answer': p.answer, 'completions': texts,
+                 'correct': [arith.grade(t, p.answer) for t in texts]})
   model = common.model_config(config, 'base', tok.vocab_size)
   loads = []
 
@@ -316,10 +314,13 @@ def test_eval_verifiers_stage(tmp_path, monkeypatch):
       completion=arith.format_solution(p.steps), labels=[0.5] * len(p.steps), correct=True,
       step_ends=step_ends(common.encode_example(tok, p)[1], tok.id_of('\n'), tok.eos_id))
       for p in problems[:3]]
+  monkeypatch.setattr(sample, 'load_samples', lambda *a: recs)
   monkeypatch.setattr(train_prm, 'load_verifier', fake_verifier)
   monkeypatch.setattr(prm_data, 'load_labels', lambda *a: held_out)
   eval_verifiers.run(config, workdir)
-  result = wd.read_json(os.path.join(workdir, 'verifiers.json'))
+  out = artifacts.verifier_eval(config, workdir)
+  assert out.name == 'eval_verifiers/base/test/on_base'
+  result = wd.read_json(out.file('verifiers.json'))
   assert sorted(loads) == ['orm', 'prm']
   assert result['ns'] == [1, 2, 4] and result['pool'] == 4
   assert set(result['groups']) == {'overall', '1', '2', '3', '4', '5'}
@@ -327,16 +328,16 @@ def test_eval_verifiers_stage(tmp_path, monkeypatch):
   assert overall['num_problems'] == 20
   for name, row in overall['methods'].items():
     assert len(row['accuracy']) == 3 and all(0 <= a <= 1 for a in row['accuracy']), name
+  per_problem = wd.read_npz(out.file('per_problem.npz'))
+  assert per_problem['ids'].tolist() == [r['id'] for r in recs]
+  assert per_problem['accuracy:majority'].shape == (20, 3)
   calib = result['prm_calibration']
   assert calib['num_steps'] == sum(len(s.labels) for s in held_out)
   for png in ('verifiers.png', 'prm_reliability.png'):
-    assert os.path.getsize(os.path.join(workdir, png)) > 1000
-  before = os.stat(os.path.join(workdir, 'verifiers.json')).st_mtime_ns
-  eval_verifiers.run(config, workdir)
-  assert os.stat(os.path.join(workdir, 'verifiers.json')).st_mtime_ns == before
+    assert os.path.getsize(out.file(png)) > 1000
 
 
-@pytest.mark.parametrize('kind', train_prm.KINDS)
+@pytest.mark.parametrize('kind', artifacts.VERIFIER_KINDS)
 def test_head_examples_equal_token_examples(tok, kind):
   """A head trained on a frozen backbone's step-end inputs (`head_examples`) sees the loss the
   whole model would give on the token examples: same targets, same positions."""

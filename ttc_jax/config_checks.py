@@ -3,6 +3,8 @@ first bad `--config.` key, its value and what is allowed."""
 
 from __future__ import annotations
 
+import os
+
 import math
 import numbers
 from collections.abc import Callable, Iterator, Mapping
@@ -187,6 +189,9 @@ def _check_real(c: ml_collections.ConfigDict) -> None:
   name = c.task.name
   if name not in TASKS:
     _fail('task.name', name, f'one of {_choices(TASKS)}')
+  if c.task.get('data_dir') and not os.path.isdir(c.task.data_dir):
+    _fail('task.data_dir', c.task.data_dir, f"an existing directory holding the {name} JSONL "
+          "('' = ../shared/data)")
   if 'sample' in c and c.sample.split not in REAL_SPLITS[name]:
     _fail('sample.split', c.sample.split, f'one of {_choices(REAL_SPLITS[name])} for {name}')
 

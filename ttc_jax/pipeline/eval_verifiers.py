@@ -25,7 +25,7 @@ from absl import logging
 
 from ttc_jax import artifacts
 from ttc_jax import workdir as wd
-from ttc_jax.errors import UserError
+from ttc_jax.errors import BadInputError, UserError
 from ttc_jax.pipeline import common, prm_data, sample, sample_shards, train_prm
 from ttc_jax.tasks import arith
 from ttc_jax.verifiers import evaluation, scoring, selection
@@ -119,7 +119,7 @@ def prm_calibration(config: ml_collections.ConfigDict, workdir: str,
                         [s.completion_ids for s in labels])
   for s, x in zip(labels, scores):
     if len(x) != len(s.labels):
-      raise UserError(f'prm_data solution {s.problem_id}/{s.sample_index} has {len(s.labels)} '
+      raise BadInputError(f'prm_data solution {s.problem_id}/{s.sample_index} has {len(s.labels)} '
                        f'labels but {len(x)} step ends; expected equal (relabel with prm_data)')
   out = evaluation.reliability(np.concatenate(scores), np.concatenate(
       [s.labels for s in labels]), config.eval_verifiers.calibration_bins)
@@ -214,7 +214,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
   # over the draws; the policy's cross-validation over problems reads these.
   wd.atomic_write_npz(out.file('per_problem.npz'), ids=np.array([r['id'] for r in recs]),
                       bins=bins, pass1=correct.mean(1), ns=np.array(ns),
-                      **{f'accuracy/{name}': acc for name, acc in per_problem.items()})
+                      **{f'accuracy:{name}': acc for name, acc in per_problem.items()})
   wd.atomic_write_json(out.file('verifiers.json'), result)
   logging.info('%s: wrote %s', STAGE, out.path)
 

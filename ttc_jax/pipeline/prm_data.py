@@ -232,7 +232,12 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
                   manual_dir=os.path.dirname(shard_path(config, workdir, 'train', 0)),
                   config=_BUILDER_CONFIG, stage='prm_data')
   wd.atomic_write_json(os.path.join(labels_dir(config, workdir), 'stats.json'), stats)
-  logging.info('prm_data: done: %s', json.dumps(stats))
+  for split, total in stats.items():
+    if total:
+      logging.info('prm_data: %s: kept %d of %d solutions, %d rollouts at %.0f tokens/s (all in '
+                   '%s)', split, total['kept'], total['samples'], total['rollouts'],
+                   total['rollout_tokens_per_s'], os.path.join(labels_dir(config, workdir),
+                                                               'stats.json'))
 
 
 def _summary(config, workdir) -> dict:

@@ -8,7 +8,6 @@ the few-shot format + the end-of-solution blank line; no few-shot exemplars in t
 
 from __future__ import annotations
 
-import os
 import shutil
 
 import ml_collections

@@ -29,7 +29,7 @@ from absl import logging
 
 from ttc_jax import artifacts
 from ttc_jax import workdir as wd
-from ttc_jax.errors import UserError
+from ttc_jax.errors import BadInputError, UserError
 from ttc_jax.model import transformer
 from ttc_jax.model.config import TransformerConfig
 from ttc_jax.model.transformer import PAD_ID
@@ -93,7 +93,7 @@ def head_examples(labels: list[prm_data.StepLabels], kind: str,
   value_mask = np.zeros((n, width), np.float32)
   for i, (l, x) in enumerate(zip(labels, inputs)):
     if len(x) != len(l.step_ends):
-      raise UserError(f'prm_data solution {l.problem_id}/{l.sample_index} has '
+      raise BadInputError(f'prm_data solution {l.problem_id}/{l.sample_index} has '
                        f'{len(l.step_ends)} step ends but the scorer finds {len(x)}; expected '
                        'equal (relabel with prm_data)')
     s = len(l.step_ends)

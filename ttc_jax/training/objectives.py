@@ -56,7 +56,7 @@ def likelihood_features(logits_BxTxV: jax.Array, tokens_BxT: jax.Array,
   Token t's probability is read from the logits at t-1, so position t sees tokens <= t only: the
   features are causal, like the activation beside them. Probabilities, not log-probabilities: a
   logit linear in them can be a step (a sample with one unlikely token is about as bad as one
-  with many), which a logit linear in log-probabilities cannot (BUILD.md).
+  with many), which a logit linear in log-probabilities cannot (docs/verifier.md, section 5).
   """
   logp = jax.nn.log_softmax(logits_BxTxV[:, :-1].astype(jnp.float32), axis=-1)
   token_lp = jnp.take_along_axis(logp, tokens_BxT[:, 1:, None], axis=-1)[..., 0]
@@ -92,8 +92,7 @@ class ValueHead(nn.Module):
   The head reads the likelihood because on the activation alone it learns how hard the problem
   is, not whether the steps are right; the answer step has weights of its own because its label
   is the outcome itself, while a step's is a Monte-Carlo estimate of it: one set of weights
-  fit to both is softest where selection reads it (BUILD.md: "A PRM that reads the likelihood",
-  "Heads trained on inputs computed once, an answer-step head ...").
+  fit to both is softest where selection reads it (docs/verifier.md, sections 5-6).
   """
 
   @nn.compact
@@ -146,7 +145,7 @@ class HeadRegression:
   example (batch.features [B, T, F]) instead of a backbone pass per step. Params {'value_head'}.
 
   Freezing keeps the likelihood the head reads the trained LM's (fine-tuning the backbone on the
-  value labels loses what it knows; BUILD.md).
+  value labels loses what it knows; docs/verifier.md, section 5).
   """
   config: TransformerConfig
 

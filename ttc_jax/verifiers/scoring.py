@@ -2,7 +2,7 @@
 
 With causal attention and right padding, the value at a step's closing token sees exactly the
 prefix up to it, so one pass over prompt+completion equals scoring each step prefix separately
-(`Scorer.score_per_prefix`, the reference and what re-scoring implementations do) at a fraction
+(`Scorer.step_logits_per_prefix`, the reference and what re-scoring implementations do) at a fraction
 of the cost. Rows are sorted by length, batched, and padded to static (batch, length) buckets so
 the jitted forward compiles once per bucket pair; short rows go in bigger batches (a token budget
 per pass), so padding stays small whatever the length mix.
@@ -132,10 +132,6 @@ class Scorer:
     for i, x in zip(owner, flat):
       out[i].append(float(x[0]))
     return [np.asarray(x, np.float32) for x in out]
-
-  def score_per_prefix(self, params, prompts: Sequence[Sequence[int]],
-                       completions: Sequence[Sequence[int]]) -> list[np.ndarray]:
-    return [sigmoid(x) for x in self.step_logits_per_prefix(params, prompts, completions)]
 
   def _check_params(self, params) -> None:
     if not isinstance(params, dict) or set(params) != {'transformer', 'value_head'}:
