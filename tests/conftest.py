@@ -37,4 +37,5 @@ def full_run(tmp_path_factory):
   workdir = tmp_path_factory.mktemp('full')
   result = launch(workdir)
   assert result.returncode == 0, result.stderr[-2000:]
+  (workdir / '.console.log').write_text(result.stderr)
   return workdir

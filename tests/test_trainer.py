@@ -11,6 +11,7 @@ import jax
 import numpy as np
 import pytest
 
+from ttc_jax.errors import CorruptArtifactError
 from ttc_jax.model import config as cfg_lib
 from ttc_jax.training import data, objectives, trainer
 
@@ -95,5 +96,5 @@ def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
     for f in files:
       if 'ocdbt' in root or f.startswith('manifest'):
         os.truncate(os.path.join(root, f), 0)
-  with pytest.raises(ValueError, match=r'checkpoint step 10 in .* is corrupt .*delete'):
+  with pytest.raises(CorruptArtifactError, match=r'checkpoint step 10 in .* is corrupt .*delete'):
     trainer.train(obj, _examples(), _cfg(20), str(tmp_path), 'lm')

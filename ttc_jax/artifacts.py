@@ -21,7 +21,7 @@ import ml_collections
 from absl import logging
 
 from ttc_jax import workdir as wd
-from ttc_jax.errors import MissingInputError, StaleArtifactError, UserError
+from ttc_jax.errors import CorruptArtifactError, MissingInputError, StaleArtifactError, UserError
 
 MANIFEST = 'manifest.json'
 VERIFIER_KINDS = ('prm', 'orm')
@@ -100,9 +100,20 @@ def _read_manifest(a: Artifact) -> dict | None:
   return wd.read_json(path, stage=a.stage)
 
 
+def _try_manifest(a: Artifact) -> tuple[dict | None, str]:
+  """(manifest or None, '' or why it could not be read)."""
+  try:
+    m = _read_manifest(a)
+  except CorruptArtifactError as e:
+    return None, str(e)
+  if m is not None and not {'values', 'inputs', 'digest', 'complete', 'files'} <= set(m):
+    return None, f'{a.file(MANIFEST)} lacks fields of a manifest'
+  return m, ''
+
+
 def digest(a: Artifact) -> str | None:
-  m = _read_manifest(a)
-  return m['digest'] if m and m.get('complete') else None
+  m, _ = _try_manifest(a)
+  return m['digest'] if m and m['complete'] else None
 
 
 def _input_digests(a: Artifact) -> dict[str, str | None]:
@@ -135,8 +146,10 @@ def status(a: Artifact, _seen: dict[str, Status] | None = None) -> Status:
   seen = {} if _seen is None else _seen
   if a.name in seen:
     return seen[a.name]
-  m = _read_manifest(a)
-  if m is None:
+  m, unreadable = _try_manifest(a)
+  if unreadable:
+    st = Status(State.DAMAGED, unreadable.split('; delete it')[0])
+  elif m is None:
     if os.path.isdir(a.path) and os.listdir(a.path):
       st = Status(State.STALE, 'it has no manifest (made by another version of ttc_jax)')
     else:
@@ -144,8 +157,8 @@ def status(a: Artifact, _seen: dict[str, Status] | None = None) -> Status:
   elif a.values is not None and m['values'] != a.values:
     st = Status(State.STALE, '; '.join(_changed(m['values'], a.values)))
   else:
-    st = Status(State.DONE if m.get('complete') else State.PARTIAL,
-                '' if m.get('complete') else 'started, not finished')
+    st = Status(State.DONE if m['complete'] else State.PARTIAL,
+                '' if m['complete'] else 'started, not finished')
     for i in a.inputs:
       if i.stage == a.stage and st.state is State.PARTIAL:
         continue  # made by the same stage run, before this one is finished
@@ -160,7 +173,7 @@ def status(a: Artifact, _seen: dict[str, Status] | None = None) -> Status:
       resized = [f for f, size in m['files'].items() if f in files and files[f] != size]
       if resized:
         st = Status(State.DAMAGED, f'{a.file(resized[0])} changed size after {a.stage} wrote '
-                                   'it; delete it and rerun')
+                                   'it; delete that file to redo it')
       elif lost:
         st = Status(State.PARTIAL, f'{len(lost)} of its files were deleted (e.g. {lost[0]})')
   if st.state is State.DONE and a.values is not None:
@@ -182,7 +195,8 @@ def require(a: Artifact, stage: str) -> None:
                             'first (or --mode=all)')
   raise MissingInputError(f'stage {stage} needs {a.path}, which is {st.state.value} '
                           f'({st.detail}); run {a.how} first'
-                          + (' with --rebuild_stale' if st.state is State.STALE else ''))
+                          + (' with --rebuild_stale' if st.state in (State.STALE, State.DAMAGED)
+                             else ''))
 
 
 def begin(outputs: list[Artifact], stage: str, rebuild_stale: bool) -> bool:
@@ -212,7 +226,7 @@ def begin(outputs: list[Artifact], stage: str, rebuild_stale: bool) -> bool:
     logging.info('%s: %s done, skipping', stage, ', '.join(a.name for a in outputs))
     return False
   for a in todo:
-    m = _read_manifest(a)
+    m, _ = _try_manifest(a)
     if m is None:  # a partial one keeps its manifest: same values, same inputs
       _write_manifest(a, complete=False)
   return True
