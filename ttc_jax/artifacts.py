@@ -227,7 +227,10 @@ def begin(outputs: list[Artifact], stage: str, rebuild_stale: bool) -> bool:
     return False
   for a in todo:
     m, _ = _try_manifest(a)
-    if m is None:  # a partial one keeps its manifest: same values, same inputs
+    # A partial one started under these values keeps its manifest; one finished before and some
+    # files deleted since is unfinished again (the files it remakes need not be byte-identical:
+    # shards record their timings).
+    if m is None or m['complete']:
       _write_manifest(a, complete=False)
   return True
 
