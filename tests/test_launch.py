@@ -361,7 +361,13 @@ def test_train_prm_before_prm_data(full_run, tmp_path):
   shutil.copytree(full_run, tmp_path / 'wd')
   shutil.rmtree(tmp_path / 'wd' / 'prm_data')
   shutil.rmtree(tmp_path / 'wd' / 'models' / 'prm_on_base_long')
-  _one_line_error(launch(tmp_path / 'wd', mode='train_prm'), 'run --mode=prm_data first')
+  from configs.arith import get_config
+  from ttc_jax.errors import MissingInputError
+  from ttc_jax.pipeline import stages
+  config = get_config('tiny')
+  with pytest.raises(MissingInputError, match=r'^stage train_prm needs .*prm_data/base, which '
+                     r'does not exist; run --mode=prm_data first \(or --mode=all\)$'):
+    stages.execute(stages.table(config)['train_prm'], config, str(tmp_path / 'wd'), False)
 
 
 # A second tiny model for the verifier-backbone tests (the real `large` is 14M parameters).
@@ -378,27 +384,32 @@ def test_verifiers_on_another_backbone(full_run, tmp_path):
   import shutil
   import jax
   from configs.arith import get_config
+  from ttc_jax import config_checks
+  from ttc_jax.errors import ConfigError, MissingInputError, UserError
   from ttc_jax.model import transformer
-  from ttc_jax.pipeline import train_base, train_prm
+  from ttc_jax.pipeline import stages, train_base, train_prm
   shutil.copytree(full_run, tmp_path / 'wd')
   workdir = tmp_path / 'wd'
   before = (_under(workdir, EVAL) / 'verifiers.json').read_bytes()
   on_large = [*TINY_LARGE, '--config.verifier_backbone=large']
-  # The backbone must be trained first: a one-line error naming the stage, nothing written.
-  _one_line_error(launch(workdir, *on_large, mode='train_prm'),
-                  'run --mode=train_verifier_backbone first')
-  assert not (workdir / 'models' / 'prm_on_large').exists()
-  # From the base model's weights: other shapes, one line naming the key to change.
-  _one_line_error(launch(workdir, *on_large, mode='train_verifier_backbone'),
-                  "train_verifier_backbone.init='base' has other parameter shapes than 'large'")
-  # --mode=all: the finished stages skip; train_verifier_backbone, train_prm, train_orm and
-  # eval_verifiers run on the large backbone.
-  result = launch(workdir, *on_large, '--config.train_verifier_backbone.init=')
-  assert result.returncode == 0, result.stderr[-2000:]
   config = get_config('tiny')
   config.models.large.update(dict(embed_dim=48, hidden_dim=96, num_heads=2, head_dim=16,
                                   num_kv_heads=1, num_layers=2))
   config.verifier_backbone = 'large'
+  table = stages.table(config)
+  # The backbone must be trained first: an error naming the stage, nothing written.
+  with pytest.raises(MissingInputError, match='run --mode=train_verifier_backbone first'):
+    stages.execute(table['train_prm'], config, str(workdir), rebuild_stale=False)
+  assert not (workdir / 'models' / 'prm_on_large').exists()
+  # From the base model's weights: other shapes, an error naming the key to change (before any
+  # work: the stage's declaration checks it).
+  with pytest.raises(UserError, match="train_verifier_backbone.init='base' has other parameter "
+                     "shapes than 'large'"):
+    table['train_verifier_backbone'].outputs(config, str(workdir))
+  # --mode=all: the finished stages skip; train_verifier_backbone, train_prm, train_orm and
+  # eval_verifiers run on the large backbone.
+  result = launch(workdir, *on_large, '--config.train_verifier_backbone.init=')
+  assert result.returncode == 0, result.stderr[-2000:]
   config.train_verifier_backbone.init = ''
   large_model, large_params = train_base.load_model(config, str(workdir), 'large', 'test')
   large_info = json.loads((workdir / 'models' / 'large' / 'info.json').read_text())
@@ -420,13 +431,16 @@ def test_verifiers_on_another_backbone(full_run, tmp_path):
   assert verifiers['verifier_backbone'] == 'large' and verifiers['model'] == 'base'
   assert (_under(workdir, on_large) / 'verifiers.png').stat().st_size > 1000
   assert (_under(workdir, EVAL) / 'verifiers.json').read_bytes() == before
-  # A backbone the config does not define: one line.
-  _one_line_error(launch(workdir, '--config.verifier_backbone=huge', mode='train_prm'),
-                  "--config.verifier_backbone='huge': expected '' or one of the models")
+  # A backbone the config does not define: a config error.
+  config.verifier_backbone = 'huge'
+  with pytest.raises(ConfigError, match="--config.verifier_backbone='huge': expected '' or one "
+                     'of the models'):
+    config_checks.check(config)
   # On the proposer itself: nothing to train.
+  config.verifier_backbone = ''
   models = sorted(os.listdir(workdir / 'models'))
-  result = launch(workdir, '--config.verifier_backbone=', mode='train_verifier_backbone')
-  assert result.returncode == 0 and 'nothing to train' in result.stderr
+  assert table['train_verifier_backbone'].outputs(config, str(workdir)) == []
+  stages.execute(table['train_verifier_backbone'], config, str(workdir), rebuild_stale=False)
   assert sorted(os.listdir(workdir / 'models')) == models
 
 
@@ -436,17 +450,25 @@ def test_train_base_continues_from_another_model(full_run, tmp_path):
   import shutil
   import jax
   from configs.arith import get_config
+  from ttc_jax import config_checks
+  from ttc_jax.errors import ConfigError, UserError
   from ttc_jax.pipeline import train_base
   workdir = tmp_path / 'wd'
   for sub in ('data', 'tokenizer', 'models/base'):
     shutil.copytree(full_run / sub, workdir / sub)
   args = ['--config.model_name=base_long', '--config.train.steps=3',
           '--config.train.learning_rate=0.0', '--config.train.warmup_steps=1']
-  # A start of another architecture, or the model itself: one line, nothing trained.
-  _one_line_error(launch(workdir, *args, *TINY_LARGE, '--config.train_init=large',
-                         mode='train_base'), "train_init='large' has other parameter shapes")
-  _one_line_error(launch(workdir, *args, '--config.train_init=base_long', mode='train_base'),
-                  "--config.train_init='base_long': expected '' or a model other than")
+  # A start of another architecture, or the model itself: an error before any work.
+  config = get_config('tiny')
+  config.update(dict(model_name='base_long', train_init='large'))
+  config.models.large.update(dict(embed_dim=48, hidden_dim=96, num_heads=2, head_dim=16,
+                                  num_kv_heads=1, num_layers=2))
+  with pytest.raises(UserError, match="train_init='large' has other parameter shapes"):
+    train_base.outputs(config, str(workdir))
+  config.train_init = 'base_long'
+  with pytest.raises(ConfigError, match="--config.train_init='base_long': expected '' or a "
+                     'model other than'):
+    config_checks.check(config)
   assert not (workdir / 'models' / 'base_long').exists()
   result = launch(workdir, *args, '--config.train_init=base', mode='train_base')
   assert result.returncode == 0, result.stderr[-2000:]
