@@ -37,6 +37,7 @@ from absl import app, flags
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from configs.arith import get_config  # noqa: E402
 from ttc_jax import artifacts  # noqa: E402
+from ttc_jax import manifest  # noqa: E402
 from ttc_jax import workdir as wd  # noqa: E402
 from ttc_jax.pipeline import common, prm_data, sample, train_base, train_prm  # noqa: E402
 from ttc_jax.tasks import arith  # noqa: E402
@@ -132,7 +133,7 @@ def main(argv):
 
   heads = {}
   for kind in artifacts.VERIFIER_KINDS:
-    if artifacts.status(artifacts.verifier(config, workdir, kind)).state is artifacts.State.DONE:
+    if manifest.status(artifacts.verifier(config, workdir, kind)).state is manifest.State.DONE:
       head = train_prm.load_verifier(config, workdir, kind, STAGE)[1]['value_head']
       heads[f'trained {kind.upper()}'] = lambda x, h=head: scoring.sigmoid(
           ValueHead().apply({'params': h}, x))

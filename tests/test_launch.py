@@ -187,6 +187,7 @@ def test_corrupt_checkpoint(full_run, tmp_path):
   import shutil
   from configs.arith import get_config
   from ttc_jax import artifacts
+  from ttc_jax import manifest
   from ttc_jax.errors import CorruptArtifactError, MissingInputError
   from ttc_jax.pipeline import common
   from ttc_jax.training import objectives, trainer
@@ -199,13 +200,13 @@ def test_corrupt_checkpoint(full_run, tmp_path):
   config = get_config('tiny')
   model = artifacts.model(config, str(workdir))
   with pytest.raises(MissingInputError, match='needs .*models/base, which is damaged'):
-    artifacts.require(model, 'sample')
+    manifest.require(model, 'sample')
   shutil.rmtree(workdir / 'models' / 'base' / '300')
   with pytest.raises(CorruptArtifactError, match='no checkpoint of step 300'):
     trainer.load_params(model.path, objectives.LanguageModeling(
         common.model_config(config, 'base', 64)), config.train, step=300)
   with pytest.raises(MissingInputError, match='which is partial .*run --mode=train_base first'):
-    artifacts.require(model, 'sample')
+    manifest.require(model, 'sample')
   result = launch(workdir, mode='train_base')
   assert result.returncode == 0 and 'resumed from step 290' in result.stderr, result.stderr[-2000:]
   for a, b in zip(_final_params(workdir, 300), _final_params(full_run, 300)):

@@ -10,7 +10,8 @@ import pytest
 from configs.arith import get_config
 from conftest import launch
 from ttc_jax import artifacts
-from ttc_jax.artifacts import State
+from ttc_jax import manifest
+from ttc_jax.manifest import State
 from ttc_jax.errors import CorruptArtifactError, MissingInputError
 from ttc_jax.pipeline import sample_shards, stages
 
@@ -22,7 +23,7 @@ def _states(config, workdir) -> dict[str, State]:
   out = {}
   for stage in stages.ARITH:
     outputs = stage.outputs(config, str(workdir))
-    out[stage.name] = artifacts.status(outputs[-1]).state if outputs else None
+    out[stage.name] = manifest.status(outputs[-1]).state if outputs else None
   return out
 
 
@@ -44,7 +45,7 @@ def test_status_on_an_empty_a_half_and_a_finished_workdir(full_run, tmp_path):
   # train_base's code under other values: its errors still name it).
   backbone = stages.table(config)['train_verifier_backbone']
   with pytest.raises(MissingInputError, match='^stage train_verifier_backbone needs .*tokenizer'):
-    artifacts.begin(backbone.outputs(config, str(tmp_path / 'empty')),
+    manifest.begin(backbone.outputs(config, str(tmp_path / 'empty')),
                     'train_verifier_backbone', False)
   # The launcher prints the same table and runs nothing.
   result = launch(tmp_path / 'half', mode='status')
@@ -68,7 +69,7 @@ def test_a_changed_key_makes_its_stage_and_only_those_downstream_stale(full_run,
   first = ORDER.index(stage)
   assert all(states[s] is State.DONE for s in ORDER[:first]), states
   assert states[stage] is State.STALE, states
-  own = artifacts.status(stages.table(config)[stage].outputs(config, str(full_run))[0])
+  own = manifest.status(stages.table(config)[stage].outputs(config, str(full_run))[0])
   assert own.detail == f'{key}: {old!r} -> {value!r}'
   downstream = {s for s in ORDER[first + 1:] if states[s] is State.STALE}
   fed = {'train_base': set(ORDER[first + 1:]),  # every later stage reads the proposer
@@ -85,21 +86,21 @@ def test_deleted_files_are_partial_and_resized_ones_damaged(full_run, tmp_path):
   shutil.copytree(full_run, workdir)
   samples = artifacts.samples(config, str(workdir))
   (workdir / samples.name / 'shard_00001.jsonl').unlink()
-  assert artifacts.status(samples).state is State.PARTIAL
-  assert artifacts.status(artifacts.calibration(config, str(workdir))).state is State.STALE
+  assert manifest.status(samples).state is State.PARTIAL
+  assert manifest.status(artifacts.calibration(config, str(workdir))).state is State.STALE
   with pytest.raises(MissingInputError, match='which is partial.*run --mode=sample first'):
-    artifacts.require(samples, 'calibrate')
+    manifest.require(samples, 'calibrate')
   # A shard cut mid-line: damaged, one line naming the file.
   shard = workdir / samples.name / 'shard_00000.jsonl'
   shard.write_text(shard.read_text()[:-40])
-  st = artifacts.status(samples)
+  st = manifest.status(samples)
   assert st.state is State.DAMAGED and str(shard) in st.detail
   # An unreadable manifest: damaged too (--rebuild_stale rebuilds it), and not an input digest.
   calibration = artifacts.calibration(config, str(workdir))
   (workdir / calibration.name / 'manifest.json').write_text('{"artifact": ')
-  st = artifacts.status(calibration)
+  st = manifest.status(calibration)
   assert st.state is State.DAMAGED and 'manifest.json is damaged' in st.detail
-  assert artifacts.digest(calibration) is None
+  assert manifest.digest(calibration) is None
 
 
 def test_sample_reader_checks_counts_and_schema(full_run, tmp_path):
@@ -112,7 +113,7 @@ def test_sample_reader_checks_counts_and_schema(full_run, tmp_path):
   shard = workdir / samples.name / 'shard_00000.jsonl'
   lines = shard.read_text().splitlines()
   shard.write_text('\n'.join(lines[:-1]) + '\n')
-  artifacts.finish([samples])
+  manifest.finish([samples])
   per = config.sample.problems_per_batch
   with pytest.raises(CorruptArtifactError, match=f'{shard} holds {per - 1} records; expected '
                      f'{per}'):
@@ -120,7 +121,7 @@ def test_sample_reader_checks_counts_and_schema(full_run, tmp_path):
   bad = json.loads(lines[0])
   bad['correct'] = bad['correct'][:-1]
   shard.write_text('\n'.join([json.dumps(bad), *lines[1:]]) + '\n')
-  artifacts.finish([samples])
+  manifest.finish([samples])
   with pytest.raises(CorruptArtifactError, match='record 1 has 4 completions, 3 grades'):
     sample_shards.read(samples, 20, per, 'calibrate')
 

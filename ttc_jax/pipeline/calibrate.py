@@ -15,6 +15,7 @@ import numpy as np
 from absl import logging
 
 from ttc_jax import artifacts
+from ttc_jax import manifest
 from ttc_jax import workdir as wd
 from ttc_jax.errors import UserError
 from ttc_jax.pipeline import common, sample
@@ -49,7 +50,7 @@ def error_locality(recs: list[dict], problems: dict[str, arith.Problem], limit: 
           'fraction': {k: v / total for k, v in kinds.items()}}
 
 
-def outputs(config: ml_collections.ConfigDict, workdir: str) -> list[artifacts.Artifact]:
+def outputs(config: ml_collections.ConfigDict, workdir: str) -> list[manifest.Artifact]:
   return [artifacts.calibration(config, workdir)]
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import ml_collections
 
 from ttc_jax import artifacts
+from ttc_jax import manifest
 from ttc_jax.errors import UserError
 from ttc_jax.model.config import TransformerConfig, gemma1, gemma2, gemma3
 from ttc_jax.tasks import arith, records
@@ -28,14 +29,14 @@ def arith_builder_config(config: ml_collections.ConfigDict) -> arith.ArithConfig
 def load_problems(config: ml_collections.ConfigDict, workdir: str, split: str,
                   stage: str) -> list[arith.Problem]:
   data = artifacts.data(config, workdir)
-  artifacts.require(data, stage)
+  manifest.require(data, stage)
   recs = records.load_split(arith.ArithBuilder, split, data.path,
                             config=arith_builder_config(config), stage='data')
   return [arith.Problem.from_record(r) for r in recs]
 
 
 def load_tokenizer(config: ml_collections.ConfigDict, workdir: str, stage: str) -> Tokenizer:
-  artifacts.require(artifacts.tokenizer(config, workdir), stage)
+  manifest.require(artifacts.tokenizer(config, workdir), stage)
   return Tokenizer.load(artifacts.tokenizer_file(config, workdir), stage='tokenizer')
 
 

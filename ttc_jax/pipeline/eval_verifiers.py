@@ -24,6 +24,7 @@ import numpy as np
 from absl import logging
 
 from ttc_jax import artifacts
+from ttc_jax import manifest
 from ttc_jax import workdir as wd
 from ttc_jax.errors import BadInputError, UserError
 from ttc_jax.pipeline import common, prm_data, sample, sample_shards, train_prm
@@ -45,7 +46,7 @@ METHODS = (
 )
 
 
-def outputs(config: ml_collections.ConfigDict, workdir: str) -> list[artifacts.Artifact]:
+def outputs(config: ml_collections.ConfigDict, workdir: str) -> list[manifest.Artifact]:
   return [*(artifacts.verifier_scores(config, workdir, kind) for kind in KINDS),
           artifacts.verifier_eval(config, workdir)]
 

@@ -16,6 +16,7 @@ import ml_collections
 from absl import logging
 
 from ttc_jax import artifacts
+from ttc_jax import manifest
 from ttc_jax import workdir as wd
 from ttc_jax.errors import MissingInputError, UserError
 from ttc_jax.model import checkpoint, gguf_import, safetensors_import, transformer
@@ -36,7 +37,7 @@ def base_name(config: ml_collections.ConfigDict) -> str:
   return config.sft.base if 'sft' in config else config.model_name
 
 
-def outputs(config: ml_collections.ConfigDict, workdir: str) -> list[artifacts.Artifact]:
+def outputs(config: ml_collections.ConfigDict, workdir: str) -> list[manifest.Artifact]:
   return [artifacts.model(config, workdir, base_name(config))]
 
 
@@ -81,7 +82,7 @@ def load_model(config: ml_collections.ConfigDict, workdir: str, stage: str
                ) -> tuple[TransformerConfig, dict, Tokenizer]:
   """(model config, params, tokenizer) of a finished import, in config.model.dtype."""
   name = config.model_name
-  artifacts.require(artifacts.model(config, workdir, name), stage)
+  manifest.require(artifacts.model(config, workdir, name), stage)
   model_config = model_config_for(config)
   params = checkpoint.load_params(params_path(workdir, name), model_config)
   return model_config, params, Tokenizer.load(tokenizer_path(workdir, name), stage='import_model')

@@ -30,6 +30,7 @@ import tensorflow_datasets as tfds
 from absl import logging
 
 from ttc_jax import artifacts
+from ttc_jax import manifest
 from ttc_jax import workdir as wd
 from ttc_jax.errors import MissingInputError, UserError
 from ttc_jax.pipeline import common, train_base
@@ -197,7 +198,7 @@ def shard_path(config, workdir, split: str, index: int) -> str:
   return os.path.join(labels_dir(config, workdir), 'shards', f'{split}-{index:05d}.json')
 
 
-def outputs(config: ml_collections.ConfigDict, workdir: str) -> list[artifacts.Artifact]:
+def outputs(config: ml_collections.ConfigDict, workdir: str) -> list[manifest.Artifact]:
   return [artifacts.prm_labels(config, workdir)]
 
 
@@ -259,7 +260,7 @@ def load_labels(config: ml_collections.ConfigDict, workdir: str, split: str,
   """The labelled solutions of a labels split ('train' or 'validation') of a finished prm_data."""
   if split not in SPLITS:
     raise UserError(f'unknown prm_data split {split!r}; expected one of {tuple(SPLITS)}')
-  artifacts.require(artifacts.prm_labels(config, workdir), stage)
+  manifest.require(artifacts.prm_labels(config, workdir), stage)
   builder = _builder(config, workdir)
   if not builder.is_prepared():
     raise MissingInputError(f'stage {stage} needs the prm_data labels in '

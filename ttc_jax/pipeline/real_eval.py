@@ -18,6 +18,7 @@ import numpy as np
 from absl import logging
 
 from ttc_jax import artifacts
+from ttc_jax import manifest
 from ttc_jax import workdir as wd
 from ttc_jax.pipeline import real_tasks, sample_shards, sft
 from ttc_jax.pipeline.sample_shards import num_shards, shard_path
@@ -25,12 +26,12 @@ from ttc_jax.sampling.sampler import Sampler
 from ttc_jax.verifiers import evaluation, selection
 
 
-def sample_outputs(config: ml_collections.ConfigDict, workdir: str) -> list[artifacts.Artifact]:
+def sample_outputs(config: ml_collections.ConfigDict, workdir: str) -> list[manifest.Artifact]:
   return [artifacts.samples(config, workdir)]
 
 
 def calibrate_outputs(config: ml_collections.ConfigDict, workdir: str
-                      ) -> list[artifacts.Artifact]:
+                      ) -> list[manifest.Artifact]:
   return [artifacts.calibration(config, workdir)]
 
 

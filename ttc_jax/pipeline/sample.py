@@ -15,13 +15,14 @@ import ml_collections
 from absl import logging
 
 from ttc_jax import artifacts
+from ttc_jax import manifest
 from ttc_jax import workdir as wd
 from ttc_jax.pipeline import common, sample_shards, train_base
 from ttc_jax.sampling.sampler import Sampler
 from ttc_jax.tasks import arith
 
 
-def outputs(config: ml_collections.ConfigDict, workdir: str) -> list[artifacts.Artifact]:
+def outputs(config: ml_collections.ConfigDict, workdir: str) -> list[manifest.Artifact]:
   return [artifacts.samples(config, workdir)]
 
 
@@ -38,6 +39,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
   problems = _problems(config, workdir, 'sample')
   total = sample_shards.num_shards(len(problems), s.problems_per_batch)
   todo = [i for i in range(total) if not os.path.exists(sample_shards.shard_path(directory, i))]
+  if not todo:  # killed after its last shard: nothing to sample, no model to load
+    return
   model, params = train_base.load_model(config, workdir, name, 'sample')
   tok = common.load_tokenizer(config, workdir, 'sample')
   sampler = Sampler(model, eos_id=tok.eos_id)
@@ -73,7 +76,7 @@ def load_samples(config: ml_collections.ConfigDict, workdir: str, stage: str,
   in shard order; a one-line error if the samples are not finished or a shard is damaged."""
   a = artifacts.samples(config, workdir, model_name)
   if model_name and model_name != config.model_name:
-    a = artifacts.foreign(a)
+    a = manifest.foreign(a)
   n = len(_problems(config, workdir, stage))
   return sample_shards.read(a, n, config.sample.problems_per_batch, stage,
                             (*sample_shards.FIELDS, 'num_ops'))

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 
-from ttc_jax import artifacts
+from ttc_jax import manifest
 from ttc_jax import workdir as wd
 
 FIELDS = ('id', 'answer', 'completions', 'correct', 'num_tokens')
@@ -19,11 +19,11 @@ def num_shards(num_problems: int, per_shard: int) -> int:
   return -(-num_problems // per_shard)
 
 
-def read(a: artifacts.Artifact, num_problems: int, per_shard: int, stage: str,
+def read(a: manifest.Artifact, num_problems: int, per_shard: int, stage: str,
          fields: tuple[str, ...] = FIELDS) -> list[dict]:
   """Every record of a finished samples artifact, in shard order; one-line errors naming the file
   when it is not done, a shard is damaged, or a shard holds other than its problems' records."""
-  artifacts.require(a, stage)
+  manifest.require(a, stage)
   out = []
   for shard in range(num_shards(num_problems, per_shard)):
     path = shard_path(a.path, shard)

@@ -14,6 +14,7 @@ import ml_collections
 from absl import logging
 
 from ttc_jax import artifacts
+from ttc_jax import manifest
 from ttc_jax import workdir as wd
 from ttc_jax.errors import UserError
 from ttc_jax.model import transformer
@@ -24,7 +25,7 @@ from ttc_jax.tokenizer import Tokenizer
 from ttc_jax.training import data, objectives, trainer
 
 
-def outputs(config: ml_collections.ConfigDict, workdir: str) -> list[artifacts.Artifact]:
+def outputs(config: ml_collections.ConfigDict, workdir: str) -> list[manifest.Artifact]:
   """The fine-tuned model; nothing when config.model_name is the imported base itself."""
   if config.model_name == config.sft.base:
     return []
@@ -62,7 +63,7 @@ def load_model(config: ml_collections.ConfigDict, workdir: str, stage: str
   """The model config.model_name names: an import, or an SFT run (in config.model.dtype)."""
   name = config.model_name
   a = artifacts.model(config, workdir, name)
-  artifacts.require(a, stage)
+  manifest.require(a, stage)
   info = wd.read_json(a.file('info.json'), stage=a.stage)
   if info.get('kind') != 'sft':
     return import_model.load_model(config, workdir, stage)

@@ -15,12 +15,13 @@ import ml_collections
 from absl import logging
 
 from ttc_jax import artifacts
+from ttc_jax import manifest
 from ttc_jax.errors import UserError
 from ttc_jax.pipeline import (calibrate, data, eval_verifiers, import_model, prm_data, real_eval,
                               sample, sft, tokenizer, train_base, train_prm)
 from ttc_jax.sampling import demo
 
-Outputs = Callable[[ml_collections.ConfigDict, str], list[artifacts.Artifact]]
+Outputs = Callable[[ml_collections.ConfigDict, str], list[manifest.Artifact]]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,12 +93,12 @@ def select(config: ml_collections.ConfigDict, mode: str) -> list[Stage]:
 def execute(stage: Stage, config: ml_collections.ConfigDict, workdir: str,
             rebuild_stale: bool) -> None:
   outputs = stage.outputs(config, workdir)
-  if outputs and not artifacts.begin(outputs, stage.name, rebuild_stale):
+  if outputs and not manifest.begin(outputs, stage.name, rebuild_stale):
     return
   logging.info('stage %s in %s', stage.name, workdir)
   t0 = time.perf_counter()
   stage.run(config, workdir)
-  artifacts.finish(outputs)
+  manifest.finish(outputs)
   logging.info('stage %s finished in %.1f s', stage.name, time.perf_counter() - t0)
 
 
@@ -110,16 +111,16 @@ def status_report(config: ml_collections.ConfigDict, workdir: str) -> str:
       lines.append(f'{stage.name:<24} {"-":<8} (makes nothing under this config)')
       continue
     for a in outputs:
-      st = artifacts.status(a)
+      st = manifest.status(a)
       lines.append(f'{stage.name:<24} {st.state.value:<8} {a.name}'
                    + (f'  ({st.detail})' if st.detail else ''))
-      if st.state is not artifacts.State.DONE and upcoming is None:
+      if st.state is not manifest.State.DONE and upcoming is None:
         upcoming = (stage.name, st.state)
   if upcoming is None:
     lines.append('next: nothing; every stage is done')
   else:
     name, state = upcoming
-    extra = (' with --rebuild_stale' if state in (artifacts.State.STALE, artifacts.State.DAMAGED)
+    extra = (' with --rebuild_stale' if state in (manifest.State.STALE, manifest.State.DAMAGED)
              else '')
     lines.append(f'next: --mode={name}{extra} (--mode=all{extra} runs it and every later stage)')
   return '\n'.join(lines)

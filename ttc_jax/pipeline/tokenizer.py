@@ -6,12 +6,13 @@ import ml_collections
 from absl import logging
 
 from ttc_jax import artifacts
+from ttc_jax import manifest
 from ttc_jax.pipeline import common
 from ttc_jax.tasks import arith
 from ttc_jax.tokenizer import Tokenizer
 
 
-def outputs(config: ml_collections.ConfigDict, workdir: str) -> list[artifacts.Artifact]:
+def outputs(config: ml_collections.ConfigDict, workdir: str) -> list[manifest.Artifact]:
   return [artifacts.tokenizer(config, workdir)]
 
 

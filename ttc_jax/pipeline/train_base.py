@@ -14,6 +14,7 @@ import numpy as np
 from absl import logging
 
 from ttc_jax import artifacts
+from ttc_jax import manifest
 from ttc_jax import workdir as wd
 from ttc_jax.errors import UserError
 from ttc_jax.model import transformer
@@ -21,7 +22,7 @@ from ttc_jax.pipeline import common
 from ttc_jax.training import data, objectives, trainer
 
 
-def outputs(config: ml_collections.ConfigDict, workdir: str) -> list[artifacts.Artifact]:
+def outputs(config: ml_collections.ConfigDict, workdir: str) -> list[manifest.Artifact]:
   check_init(config, 'train_init')
   return [artifacts.model(config, workdir)]
 
@@ -78,7 +79,7 @@ def _initial_params(config: ml_collections.ConfigDict, workdir: str, init_key: s
     return None, {}
   check_init(config, init_key)
   start = artifacts.model(config, workdir, source)
-  _, params = _load(config, workdir, artifacts.foreign(start), stage)
+  _, params = _load(config, workdir, manifest.foreign(start), stage)
   return params, wd.read_json(start.file('info.json'), stage=start.stage)
 
 
@@ -87,8 +88,8 @@ def load_model(config: ml_collections.ConfigDict, workdir: str, name: str, stage
   return _load(config, workdir, artifacts.model(config, workdir, name), stage)
 
 
-def _load(config, workdir: str, a: artifacts.Artifact, stage: str):
-  artifacts.require(a, stage)
+def _load(config, workdir: str, a: manifest.Artifact, stage: str):
+  manifest.require(a, stage)
   tok = common.load_tokenizer(config, workdir, stage)
   model = common.model_config(config, a.name.split('/')[-1], tok.vocab_size)
   info = wd.read_json(a.file('info.json'), stage=a.stage)

@@ -28,6 +28,7 @@ import numpy as np
 from absl import logging
 
 from ttc_jax import artifacts
+from ttc_jax import manifest
 from ttc_jax import workdir as wd
 from ttc_jax.errors import BadInputError, UserError
 from ttc_jax.model import transformer
@@ -51,7 +52,7 @@ def run_backbone(config: ml_collections.ConfigDict, workdir: str) -> None:
   train_base.run(artifacts.backbone_config(config), workdir, init_key='train_verifier_backbone.init')
 
 
-def backbone_outputs(config: ml_collections.ConfigDict, workdir: str) -> list[artifacts.Artifact]:
+def backbone_outputs(config: ml_collections.ConfigDict, workdir: str) -> list[manifest.Artifact]:
   name = artifacts.backbone_name(config)
   if name == config.model_name:
     return []
@@ -59,11 +60,11 @@ def backbone_outputs(config: ml_collections.ConfigDict, workdir: str) -> list[ar
   return [artifacts.model(config, workdir, name)]
 
 
-def prm_outputs(config: ml_collections.ConfigDict, workdir: str) -> list[artifacts.Artifact]:
+def prm_outputs(config: ml_collections.ConfigDict, workdir: str) -> list[manifest.Artifact]:
   return [artifacts.verifier(config, workdir, 'prm')]
 
 
-def orm_outputs(config: ml_collections.ConfigDict, workdir: str) -> list[artifacts.Artifact]:
+def orm_outputs(config: ml_collections.ConfigDict, workdir: str) -> list[manifest.Artifact]:
   return [artifacts.verifier(config, workdir, 'orm')]
 
 
@@ -203,7 +204,7 @@ def load_verifier(config: ml_collections.ConfigDict, workdir: str, kind: str,
   Score with `verifiers.scoring.Scorer` (or `objectives.value_logits`; sigmoid -> probability).
   """
   a = artifacts.verifier(config, workdir, kind)
-  artifacts.require(a, stage)
+  manifest.require(a, stage)
   model, backbone = train_base.load_model(config, workdir, artifacts.backbone_name(config), stage)
   info = wd.read_json(a.file('info.json'), stage=a.stage)
   if info['freeze_backbone']:  # the checkpoint holds the head alone
