@@ -130,32 +130,42 @@ def _repeat_rows(tree, n: int):
     jax.jit,
     static_argnames=('config', 'num_samples', 'max_new_tokens', 'top_k', 'cache_size'),
     donate_argnames=('cache',))
-def generate(params, tokens_BxT, lengths_B, stop_BxK, key, temperature, top_p, cache=None, *,
-             config: TransformerConfig, num_samples: int, max_new_tokens: int, top_k: int,
-             cache_size: int) -> SampleOutput:
-  """Prefills the chunk, fans out to num_samples, decodes. See `Sampler.sample`."""
+def generate(params, tokens_BxT, lengths_B, stop_BxK, key, temperature, top_p, cache=None,
+             active_B=None, *, config: TransformerConfig, num_samples: int, max_new_tokens: int,
+             top_k: int, cache_size: int) -> SampleOutput:
+  """Prefills the chunk, fans out to num_samples, decodes. See `Sampler.sample`.
+
+  active_B (bool, per input row; default all True): a row that is False is frozen: its chunk is
+  not written (no visible slot), it samples nothing (num_tokens 0, tokens PAD) and its
+  `last_token` is its chunk's first token unchanged. Search freezes finished beams this way.
+  """
   model = Transformer(config)
   b, t = tokens_BxT.shape
   if cache is None:
     cache = init_cache(config, b, cache_size)
-  input_mask = jnp.arange(t)[None, :] < lengths_B[:, None]
+  if active_B is None:
+    active_B = jnp.ones((b,), bool)
+  input_mask = (jnp.arange(t)[None, :] < lengths_B[:, None]) & active_B[:, None]
   out = model.apply({'params': params}, tokens_BxT, input_mask, cache=cache,
                     logits_at_B=lengths_B - 1)
   logits, cache = out.logits, out.cache
+  held = tokens_BxT[:, 0]
   if num_samples > 1:
-    logits, cache, stop_BxK = _repeat_rows((logits, cache, stop_BxK), num_samples)
+    logits, cache, stop_BxK, active_B, held = _repeat_rows(
+        (logits, cache, stop_BxK, active_B, held), num_samples)
 
   def is_stop(tok_B):
     return jnp.any(tok_B[:, None] == stop_BxK, axis=-1)
 
   first = sample_logits(logits, jax.random.fold_in(key, 0), temperature, top_p, top_k)
+  first = jnp.where(active_B, first, PAD_ID)
   rows = first.shape[0]
   state = SamplingState(
       step=jnp.ones((), jnp.int32),
       tokens=jnp.zeros((rows, max_new_tokens), jnp.int32).at[:, 0].set(first),
-      num_tokens=jnp.ones((rows,), jnp.int32),
-      last_token=first,
-      done=is_stop(first) | (max_new_tokens <= 1),
+      num_tokens=active_B.astype(jnp.int32),
+      last_token=jnp.where(active_B, first, held),
+      done=~active_B | is_stop(first) | (max_new_tokens <= 1),
       cache=cache, key=key)
 
   def decode(s: SamplingState, attend_len: int) -> SamplingState:
