@@ -67,6 +67,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.train_prm.freeze_backbone = True
   c.eval_verifiers = ml_collections.ConfigDict(dict(
       ns=(1, 2, 4, 8, 16, 32, 64), num_draws=200, seed=0, batch_tokens=8192, calibration_bins=10))
+  # PRM-guided search (stage eval_search) on the sample split: every method at every budget
+  # (generations per problem; lookahead_k<K> runs budget / (K + 1) beams) and seed. The CPU
+  # default: 100 problems, 20 per oracle bin (docs/search.md, the sweep's time).
+  c.search = ml_collections.ConfigDict(dict(
+      methods=('best_of_n', 'beam_m4', 'beam_msqrt', 'lookahead_k1_m4', 'dvts_m4'),
+      budgets=(4, 16, 64), seeds=(0,), max_problems=100, rows_per_batch=1024, max_rounds=40,
+      max_step_tokens=48, max_new_tokens=256, temperature=1.0, top_k=0, top_p=1.0))
 
   if variant == 'large':
     c.train.update(dict(learning_rate=1e-3))
@@ -89,8 +96,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                             checkpoint_every=5))
     c.train_prm.max_len = 96
     c.eval_verifiers.update(dict(ns=(1, 2, 4), num_draws=20))
+    c.search.update(dict(methods=('best_of_n', 'beam_m2', 'dvts_m2'),
+                         budgets=(4,), max_problems=10, rows_per_batch=64, max_new_tokens=64,
+                         max_step_tokens=16))
   elif variant == 'gpu':
     c.task.update(dict(train_size=200_000))
     c.train.update(dict(steps=20_000, batch_size=256))
     c.sample.update(dict(problems_per_batch=64))
+    c.search.update(dict(budgets=(4, 16, 64, 256), seeds=(0, 1, 2), max_problems=0,
+                         rows_per_batch=4096))
   return c

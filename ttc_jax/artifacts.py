@@ -179,6 +179,31 @@ def verifier_eval(config: ml_collections.ConfigDict, workdir: str) -> Artifact:
                samples(config, workdir), prm_labels(config, workdir), data(config, workdir)])
 
 
+def search_runs(config: ml_collections.ConfigDict, workdir: str, method: str) -> Artifact:
+  """search/<model>/<split>/<method>: one result file per budget and seed (stage eval_search);
+  a budget or seed added to the config adds files, a changed setting makes the runs stale."""
+  s = config.search
+  return make(workdir, f'search/{config.model_name}/{split_label(config)}/{method}',
+              'eval_search',
+              values(config, *(f'search.{k}' for k in SEARCH_SETTINGS), 'calibrate.num_bins'),
+              [model(config, workdir), verifier(config, workdir, 'prm'), calibration(config, workdir),
+               tokenizer(config, workdir), data(config, workdir)])
+
+
+# The settings every search run depends on (methods, budgets and seeds only choose which runs).
+SEARCH_SETTINGS = ('max_problems', 'rows_per_batch', 'max_rounds', 'max_step_tokens',
+                   'max_new_tokens', 'temperature', 'top_k', 'top_p')
+
+
+def search_eval(config: ml_collections.ConfigDict, workdir: str) -> Artifact:
+  """eval_search/<model>/<split>: accuracy per method, budget and bin (search.json), per problem
+  (per_problem.npz), search.png (stage eval_search)."""
+  return make(workdir, f'eval_search/{config.model_name}/{split_label(config)}', 'eval_search',
+              values(config, 'search', 'calibrate.num_bins'),
+              [*(search_runs(config, workdir, m) for m in config.search.methods),
+               calibration(config, workdir), data(config, workdir)])
+
+
 def demo_samples(config: ml_collections.ConfigDict, workdir: str) -> Artifact:
   """demo/samples.json: the sampling demo's tokens (configs/demo.py)."""
   return make(workdir, 'demo', 'demo', values(config, 'seed', 'model', 'sampling', 'demo'))
@@ -187,7 +212,6 @@ def demo_samples(config: ml_collections.ConfigDict, workdir: str) -> Artifact:
 # Reserved for the stages still to come (search, revisions, difficulty, policy, report): the
 # directory each will declare here as it is built, so the layout stays one place.
 PLANNED = {
-    'search': ('eval_search', 'search/<model>/<split>/<method>'),
     'revision_data': ('revision_data', 'revision_data/<model>'),
     'revision_model': ('train_revision', 'models/revision_<model>'),
     'revisions': ('eval_revisions', 'eval_revisions/<model>/<split>'),

@@ -134,8 +134,10 @@ class Attention(nn.Module):
   attn_type: AttentionType
 
   @nn.compact
-  def __call__(self, x_BxTxD, positions_BxT, mask_BxTxS, layer_cache: LayerCache | None,
+  def __call__(self, x_BxTxD, positions_BxT, mask, layer_cache: LayerCache | None,
                end_index: jax.Array | None):
+    """mask: [B, T, S] without a cache; with one, ([B, T, S'] over the cache's first S' slots,
+    [B, T, T] within the chunk), as `_cache_masks` builds them."""
     c = self.config
     n, k, h, d = c.num_heads, c.num_kv_heads, c.head_dim, c.embed_dim
     if n == k:  # Official checkpoints fuse q, k and v when there is one kv head per query head.
@@ -155,25 +157,53 @@ class Attention(nn.Module):
     key = apply_rope(key, positions_BxT, base, scale)
 
     key, value = key.transpose(0, 2, 3, 1), value.transpose(0, 2, 1, 3)  # [B,K,H,T], [B,K,T,H]
-    new_cache = None
-    if layer_cache is not None:
-      key = jax.lax.dynamic_update_slice(layer_cache.k, key.astype(layer_cache.k.dtype),
-                                         (0, 0, 0, end_index))
-      value = jax.lax.dynamic_update_slice(layer_cache.v, value.astype(layer_cache.v.dtype),
-                                           (0, 0, end_index, 0))
-      new_cache = LayerCache(k=key, v=value)
-      # The mask covers the slots this call may attend to (`attend_len`): read only those.
-      seen = mask_BxTxS.shape[-1]
-      key, value = key[..., :seen], value[:, :, :seen]
-
     b, t = q.shape[:2]
     q_BxKxGxTxH = q.reshape(b, t, k, n // k, h).transpose(0, 2, 3, 1, 4)
-    logits = jnp.einsum('BKGTH,BKHS->BKGTS', q_BxKxGxTxH, key)
-    if c.attn_logits_soft_cap is not None:
-      logits = jnp.tanh(logits / c.attn_logits_soft_cap) * c.attn_logits_soft_cap
-    logits = jnp.where(mask_BxTxS[:, None, None], logits, K_MASK)
-    probs = jax.nn.softmax(logits, axis=-1).astype(value.dtype)
-    encoded = jnp.einsum('BKGTS,BKSH->BKGTH', probs, value)
+
+    def scores(keys_BxKxHxS):
+      logits = jnp.einsum('BKGTH,BKHS->BKGTS', q_BxKxGxTxH, keys_BxKxHxS)
+      if c.attn_logits_soft_cap is not None:
+        logits = jnp.tanh(logits / c.attn_logits_soft_cap) * c.attn_logits_soft_cap
+      return logits
+
+    if layer_cache is None:
+      logits = jnp.where(mask[:, None, None], scores(key), K_MASK)
+      probs = jax.nn.softmax(logits, axis=-1).astype(value.dtype)
+      encoded = jnp.einsum('BKGTS,BKSH->BKGTH', probs, value)
+      new_cache = None
+    else:
+      # The chunk attends to the cache as it was (slots below end_index) and to itself, one
+      # softmax over both; only then is the chunk written. Reading the cache after the write
+      # made XLA:CPU copy every cache array (or the prefix read) on every decode step.
+      cache_mask, chunk_mask = mask
+      seen = cache_mask.shape[-1]
+      old_k, old_v = layer_cache.k, layer_cache.v
+      if seen < old_k.shape[-1]:
+        old_k, old_v = old_k[..., :seen], old_v[:, :, :seen]
+      # One softmax over [cache slots, chunk], in two parts: a concatenation of the two cost a
+      # copy and a slow odd-length reduction per layer and step.
+      logits_cache = jnp.where(cache_mask[:, None, None], scores(old_k.astype(key.dtype)), K_MASK)
+      logits_chunk = jnp.where(chunk_mask[:, None, None], scores(key), K_MASK)
+      top = jax.lax.stop_gradient(jnp.maximum(
+          jnp.max(logits_cache, axis=-1, keepdims=True, initial=K_MASK),
+          jnp.max(logits_chunk, axis=-1, keepdims=True)))
+      exp_cache, exp_chunk = jnp.exp(logits_cache - top), jnp.exp(logits_chunk - top)
+      total = (jnp.sum(exp_cache, axis=-1, keepdims=True)
+               + jnp.sum(exp_chunk, axis=-1, keepdims=True))
+      probs_cache = (exp_cache / total).astype(old_v.dtype)
+      probs_chunk = (exp_chunk / total).astype(value.dtype)
+      encoded = (jnp.einsum('BKGTS,BKSH->BKGTH', probs_cache, old_v).astype(value.dtype)
+                 + jnp.einsum('BKGTS,BKSH->BKGTH', probs_chunk, value))
+      # XLA:CPU writes a cache array in place only if the write depends on the reads' result
+      # (copy insertion orders ops by data dependence; optimization barriers are gone by then):
+      # without this index dependence it copied every cache array twice per decode step.
+      # `x > inf` is False for every x, NaN included.
+      end_index = end_index + (encoded[(0,) * encoded.ndim] > jnp.inf).astype(end_index.dtype)
+      new_cache = LayerCache(
+          k=jax.lax.dynamic_update_slice(layer_cache.k, key.astype(layer_cache.k.dtype),
+                                         (0, 0, 0, end_index)),
+          v=jax.lax.dynamic_update_slice(layer_cache.v, value.astype(layer_cache.v.dtype),
+                                         (0, 0, end_index, 0)))
     encoded = encoded.transpose(0, 3, 1, 2, 4).reshape(b, t, n, h)
     out = HeadsOut((n, h, d), c.param_dtype, name='attn_vec_einsum')(encoded)
     return out, new_cache
@@ -248,6 +278,21 @@ def _masks(valid_BxS, slot_pos_BxS, positions_BxT, start, t, window):
   return global_mask, global_mask & near
 
 
+def _cache_masks(valid_BxS, slot_pos_BxS, input_mask_BxT, positions_BxT, start, window):
+  """The masks of a chunk appended at slot `start`: over the cache's slots below `start` and
+  causal within the chunk, each (global, sliding-window) as (cache [B, T, S], chunk [B, T, T])."""
+  t = input_mask_BxT.shape[1]
+  before = valid_BxS & (jnp.arange(valid_BxS.shape[1]) < start)[None, :]  # [B, S]
+  causal = jnp.tril(jnp.ones((t, t), bool))
+  chunk = input_mask_BxT[:, None, :] & causal[None]  # [B, T, T]
+  global_mask = (before[:, None, :], chunk)
+  if window is None:
+    return global_mask, None
+  near_cache = slot_pos_BxS[:, None, :] > positions_BxT[:, :, None] - window
+  near_chunk = positions_BxT[:, None, :] > positions_BxT[:, :, None] - window
+  return global_mask, (before[:, None, :] & near_cache, chunk & near_chunk)
+
+
 class Transformer(nn.Module):
   """Gemma decoder. `apply(params, tokens, input_mask=..., cache=...)` -> Output."""
   config: TransformerConfig
@@ -275,15 +320,16 @@ class Transformer(nn.Module):
     offset = jnp.cumsum(input_mask_BxT, axis=-1, dtype=jnp.int32) - 1
     if cache is None:
       positions = jnp.maximum(offset, 0)
-      valid, slot_pos, start = input_mask_BxT, positions, 0
+      start = None
+      global_mask, local_mask = _masks(input_mask_BxT, positions, positions, 0, t,
+                                       c.sliding_window_size)
     else:
       positions = cache.next_position[:, None] + jnp.maximum(offset, 0)
       start = cache.end_index
-      valid = jax.lax.dynamic_update_slice(cache.valid, input_mask_BxT, (0, start))
-      slot_pos = jax.lax.dynamic_update_slice(cache.positions, positions, (0, start))
-    seen = slice(None) if cache is None or attend_len is None else slice(0, attend_len)
-    global_mask, local_mask = _masks(valid[:, seen], slot_pos[:, seen], positions, start, t,
-                                     c.sliding_window_size)
+      seen = slice(None) if attend_len is None else slice(0, attend_len)
+      global_mask, local_mask = _cache_masks(cache.valid[:, seen], cache.positions[:, seen],
+                                             input_mask_BxT, positions, start,
+                                             c.sliding_window_size)
 
     embedder = Embedder(c, name='embedder')
     x = embedder.encode(tokens_BxT)
@@ -292,7 +338,7 @@ class Transformer(nn.Module):
       mask = local_mask if attn_type == AttentionType.LOCAL_SLIDING else global_mask
       layer_cache = None if cache is None else cache.layers[i]
       x, layer_cache = Block(c, attn_type, name=f'layer_{i}')(
-          x, positions, mask, layer_cache, None if cache is None else start)
+          x, positions, mask, layer_cache, start)
       new_layers.append(layer_cache)
     x = RMSNorm(name='final_norm')(x)
 
@@ -305,7 +351,9 @@ class Transformer(nn.Module):
     new_cache = None
     if cache is not None:
       new_cache = Cache(
-          layers=tuple(new_layers), valid=valid, positions=slot_pos,
+          layers=tuple(new_layers),
+          valid=jax.lax.dynamic_update_slice(cache.valid, input_mask_BxT, (0, start)),
+          positions=jax.lax.dynamic_update_slice(cache.positions, positions, (0, start)),
           next_position=cache.next_position + jnp.sum(input_mask_BxT, axis=-1, dtype=jnp.int32),
           end_index=cache.end_index + t)
     return Output(logits=logits, hidden=x if return_hidden else None, cache=new_cache)

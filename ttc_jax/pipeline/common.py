@@ -9,6 +9,7 @@ import ml_collections
 
 from ttc_jax import artifacts
 from ttc_jax import manifest
+from ttc_jax import workdir as wd
 from ttc_jax.errors import UserError
 from ttc_jax.model.config import TransformerConfig, gemma1, gemma2, gemma3
 from ttc_jax.tasks import arith, records
@@ -59,3 +60,11 @@ def encode_example(tok: Tokenizer, problem: arith.Problem) -> tuple[list[int], l
   prompt = tok.encode(arith.prompt(problem), add_bos=True)
   completion = tok.encode(arith.format_solution(problem.steps), add_eos=True)
   return prompt, completion
+
+
+def load_difficulty(config: ml_collections.ConfigDict, workdir: str, stage: str) -> dict[str, int]:
+  """{problem id: oracle difficulty bin (1 = easiest)} of the sample split, from calibrate."""
+  a = artifacts.calibration(config, workdir)
+  manifest.require(a, stage)
+  bins = wd.read_json(a.file('difficulty.json'), stage=a.stage)['bins']
+  return {k: int(v) for k, v in bins.items()}

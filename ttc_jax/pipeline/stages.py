@@ -17,7 +17,7 @@ from absl import logging
 from ttc_jax import artifacts
 from ttc_jax import manifest
 from ttc_jax.errors import UserError
-from ttc_jax.pipeline import (calibrate, data, eval_verifiers, import_model, prm_data, real_eval,
+from ttc_jax.pipeline import (calibrate, data, eval_search, eval_verifiers, import_model, prm_data, real_eval,
                               sample, sft, tokenizer, train_base, train_prm)
 from ttc_jax.sampling import demo
 
@@ -53,6 +53,8 @@ ARITH = (
           train_prm.run_orm, train_prm.orm_outputs),
     Stage('eval_verifiers', 'accuracy vs N of majority, PRM/ORM best-of-N and weighted BoN',
           eval_verifiers.run, eval_verifiers.outputs),
+    Stage('eval_search', 'PRM-guided search (best-of-N, beam, lookahead, DVTS) per budget and '
+          'bin', eval_search.run, eval_search.outputs),
 )
 REAL = (
     Stage('import_model', 'a real checkpoint (GGUF or HF safetensors) into models/',

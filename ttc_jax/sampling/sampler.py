@@ -108,17 +108,18 @@ def sample_logits(logits_BxV, key, temperature, top_p, top_k: int):
 
 
 def attention_ladder(cache_size: int, first: int = ATTENTION_LADDER_START) -> tuple[int, ...]:
-  """Cache prefixes the decode phases attend to: first, 2*first, ..., cache_size - 1.
+  """Cache prefixes the decode phases attend to: first, 2*first, ... below a third of the cache,
+  then the whole cache.
 
-  Decoding never writes the last slot (`Sampler.sample` checks that used + chunk + max_new_tokens
-  fits, and the last sampled token is not fed), so every phase reads a proper prefix: reading the
-  whole cache made XLA:CPU copy every cache array on every step.
+  XLA:CPU materialises a prefix that a matmul reads (a copy per step), so a prefix of n slots
+  costs ~3n slots of memory traffic (read, write, the matmul's read) against cache_size for
+  reading the whole cache in place: shorter prefixes are not worth their copy.
   """
   rungs, rung = [], first
-  while rung < cache_size - 1:
+  while 3 * rung < cache_size:
     rungs.append(rung)
     rung *= 2
-  return (*rungs, cache_size - 1)
+  return (*rungs, cache_size)
 
 
 def _repeat_rows(tree, n: int):
@@ -141,13 +142,15 @@ def generate(params, tokens_BxT, lengths_B, stop_BxK, key, temperature, top_p, c
   """
   model = Transformer(config)
   b, t = tokens_BxT.shape
-  if cache is None:
+  fresh = cache is None
+  if fresh:
     cache = init_cache(config, b, cache_size)
   if active_B is None:
     active_B = jnp.ones((b,), bool)
   input_mask = (jnp.arange(t)[None, :] < lengths_B[:, None]) & active_B[:, None]
+  # A fresh cache holds nothing to attend to (and reading its zeros made XLA constant-fold them).
   out = model.apply({'params': params}, tokens_BxT, input_mask, cache=cache,
-                    logits_at_B=lengths_B - 1)
+                    logits_at_B=lengths_B - 1, attend_len=0 if fresh else None)
   logits, cache = out.logits, out.cache
   held = tokens_BxT[:, 0]
   if num_samples > 1:

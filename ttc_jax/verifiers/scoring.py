@@ -17,6 +17,7 @@ from typing import Any, Mapping, Sequence
 import jax
 import numpy as np
 import scipy.special
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from ttc_jax.model.config import TransformerConfig
 from ttc_jax.model.transformer import PAD_ID
@@ -58,6 +59,9 @@ class Scorer:
   eos_id: int = 1
   batch_tokens: int = 8192  # padded rows x length per forward pass (rows: a power of two)
   buckets: tuple[int, ...] = SCORE_BUCKETS
+  # With a mesh (axis 'data'), each pass's rows are split over its devices (params replicated)
+  # when the padded row count divides; else the pass runs on one device.
+  mesh: Mesh | None = None
 
   def __post_init__(self):
     if self.batch_tokens < 1:
@@ -154,6 +158,8 @@ class Scorer:
     """fn(params, tokens, completion mask) ([B, T, ...]) of `rows` (completions from `starts`)
     at positions `reads`, batched by similar length."""
     out: list[np.ndarray] = [np.zeros((0,), np.float32)] * len(rows)
+    if self.mesh is not None:
+      params = jax.device_put(params, NamedSharding(self.mesh, PartitionSpec()))
     order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
     for chunk in self._batches([len(rows[i]) for i in order]):
       chunk = [order[k] for k in chunk]
@@ -163,8 +169,11 @@ class Scorer:
       for j, i in enumerate(chunk):
         tokens[j, :len(rows[i])] = rows[i]
         completion[j, starts[i]:len(rows[i])] = 1.0
-      values = np.asarray(fn(params, tokens, completion, config=self.config,
-                             eos_id=self.eos_id))
+      args = (tokens, completion)
+      if self.mesh is not None and len(tokens) % self.mesh.devices.size == 0:
+        rows = NamedSharding(self.mesh, PartitionSpec('data'))
+        args = jax.device_put(args, rows)
+      values = np.asarray(fn(params, *args, config=self.config, eos_id=self.eos_id))
       for j, i in enumerate(chunk):
         out[i] = values[j, reads[i]].astype(np.float32)
     return out

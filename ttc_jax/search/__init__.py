@@ -1,0 +1,1 @@
+"""PRM-guided search: `engine.search(SearchConfig, Models, prompts, key, answer_of)`."""
