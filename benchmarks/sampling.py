@@ -5,6 +5,12 @@ stop), temperature 1, fp32, random `bench_gemma3_100m` params. Peers that are no
 skipped. Full CPU run (the peers need a venv with the bench extra):
   python benchmarks/sampling.py --json benchmarks/results/sampling_cpu.json
 GPU, ours only:  python benchmarks/sampling.py --batch 256 --systems ttc_jax
+
+`--small`: the arith `base` model (configs/arith.py, vocab padded to 64) at 64 .. 2,048 rows, 16
+samples per 32-token prompt, 128 new tokens, ours only; `--baseline_rev REV` times REV's sampler
+(a git worktree, in a subprocess) interleaved with this tree's and checks both draw the same tokens:
+  python benchmarks/sampling.py --small --baseline_rev HEAD \
+      --json benchmarks/results/sampling_small_cpu.json
 """
 
 from __future__ import annotations
@@ -14,8 +20,11 @@ import dataclasses
 import json
 import os
 import platform
+import shutil
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 
 import jax
@@ -23,6 +32,8 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+if '--small_worker' not in sys.argv:  # a worker imports the ttc_jax its PYTHONPATH names
+  sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import _peers  # noqa: E402  pylint: disable=g-import-not-at-top
 
 from ttc_jax.model.config import TransformerConfig, get_config  # noqa: E402
@@ -162,6 +173,145 @@ def build_runners(systems, config, params, prompt, *, batch, new_tokens, tempera
   return runners, parity
 
 
+# --small: the arith `base` model (configs/arith.py `models.base`; vocab 32 padded to 64).
+SMALL_ROWS = (64, 256, 1024, 2048)
+SMALL_SAMPLES, SMALL_PROMPT, SMALL_NEW, SMALL_VOCAB = 16, 32, 128, 32
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def small_config() -> TransformerConfig:
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  from ttc_jax.pipeline.common import model_config  # pylint: disable=g-import-not-at-top
+  spec = importlib.util.spec_from_file_location('arith_config',
+                                                os.path.join(REPO, 'configs', 'arith.py'))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return model_config(module.get_config(), 'base', SMALL_VOCAB)
+
+
+def small_worker():
+  """Serves timing requests on stdin ('ROWS SEED' -> JSON line) for the ttc_jax on sys.path."""
+  import hashlib  # pylint: disable=g-import-not-at-top
+  import ttc_jax  # pylint: disable=g-import-not-at-top
+  config = small_config()
+  params = bench_params(config)
+  sampler = Sampler(config)
+  rng = np.random.default_rng(0)
+  prompts = rng.integers(3, SMALL_VOCAB, (max(SMALL_ROWS) // SMALL_SAMPLES, SMALL_PROMPT)).tolist()
+  print(json.dumps({'ttc_jax': os.path.dirname(os.path.dirname(ttc_jax.__file__))}), flush=True)
+  for line in sys.stdin:
+    rows, seed = map(int, line.split())
+    t0 = time.perf_counter()
+    out = sampler.sample(params, prompts[:rows // SMALL_SAMPLES], key=jax.random.key(seed),
+                         max_new_tokens=SMALL_NEW, num_samples=SMALL_SAMPLES, stop_tokens=[])
+    tokens = np.asarray(out.tokens)
+    seconds = time.perf_counter() - t0
+    if not np.all(np.asarray(out.num_tokens) == SMALL_NEW):
+      raise RuntimeError('stopped early')
+    print(json.dumps({'seconds': seconds, 'tokens_sha1': hashlib.sha1(tokens.tobytes()).hexdigest()}),
+          flush=True)
+
+
+class _Worker:
+  """A `small_worker` subprocess importing ttc_jax from `root`."""
+
+  def __init__(self, root: str):
+    env = {**os.environ, 'PYTHONPATH': root}
+    self.proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), '--small_worker'],
+                                 cwd=root, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                 text=True)
+    got = json.loads(self.proc.stdout.readline())['ttc_jax']
+    if os.path.realpath(got) != os.path.realpath(root):
+      raise RuntimeError(f'worker for {root} imported ttc_jax from {got}')
+
+  def call(self, rows: int, seed: int) -> dict:
+    self.proc.stdin.write(f'{rows} {seed}\n')
+    self.proc.stdin.flush()
+    line = self.proc.stdout.readline()
+    if not line:
+      raise RuntimeError(f'worker exited with {self.proc.wait()}')
+    return json.loads(line)
+
+  def close(self):
+    self.proc.stdin.close()
+    self.proc.wait()
+
+
+def run_small(args) -> dict:
+  rows_list = [int(r) for r in args.rows.split(',')]
+  if bad := [r for r in rows_list if r % SMALL_SAMPLES or r > max(SMALL_ROWS)]:
+    raise SystemExit(f'--rows {bad}: each must be a multiple of {SMALL_SAMPLES}, <= {max(SMALL_ROWS)}')
+  config = small_config()
+  load_before = os.getloadavg()
+  print(f'arith base: {count_params(param_shapes(config)) / 1e6:.2f}M params, vocab '
+        f'{config.vocab_size}; rows {rows_list} ({SMALL_SAMPLES} samples per {SMALL_PROMPT}-token '
+        f'prompt), {SMALL_NEW} new tokens, T=1, fp32; {os.cpu_count()} cpus, load '
+        f'{load_before[0]:.2f}', flush=True)
+  tmp = None
+  roots = {'ours': REPO}
+  baseline_commit = None
+  if args.baseline_rev:
+    baseline_commit = subprocess.check_output(
+        ['git', '-C', REPO, 'rev-parse', '--short', args.baseline_rev], text=True).strip()
+    tmp = tempfile.mkdtemp(prefix='sampling_baseline_')
+    subprocess.check_call(['git', '-C', REPO, 'worktree', 'add', '--detach', '-q',
+                           os.path.join(tmp, 'tree'), baseline_commit])
+    roots['baseline'] = os.path.join(tmp, 'tree')
+  try:
+    workers = {name: _Worker(root) for name, root in roots.items()}
+    sha = {name: {} for name in workers}
+    for rows in rows_list:  # compile every shape, untimed
+      for name, w in workers.items():
+        print(f'  warm-up {name} {rows} rows ...', flush=True)
+        sha[name][rows] = w.call(rows, 10_000)['tokens_sha1']
+    times = {name: {r: [] for r in rows_list} for name in workers}
+    for i in range(args.repeats):  # round-robin: load from other processes hits both alike
+      for rows in rows_list:
+        for name, w in workers.items():
+          times[name][rows].append(w.call(rows, i)['seconds'])
+        print(f'  repeat {i} {rows} rows: ' + ', '.join(
+            f'{name} {times[name][rows][-1]:.2f} s' for name in workers), flush=True)
+    for w in workers.values():
+      w.close()
+  finally:
+    if tmp:
+      subprocess.call(['git', '-C', REPO, 'worktree', 'remove', '--force',
+                       os.path.join(tmp, 'tree')])
+      shutil.rmtree(tmp, ignore_errors=True)
+  load_after = os.getloadavg()
+
+  tps = {n: {r: r * SMALL_NEW / min(ts) for r, ts in by_rows.items()} for n, by_rows in times.items()}
+  same = {r: len({sha[n][r] for n in workers}) == 1 for r in rows_list}
+  print(f'\n{"rows":>6}{"ours tokens/s":>15}' + (f'{"baseline":>10}{"ratio":>8}{"same tokens":>13}'
+                                                  if 'baseline' in tps else ''))
+  for r in rows_list:
+    line = f'{r:>6}{tps["ours"][r]:>15.0f}'
+    if 'baseline' in tps:
+      line += f'{tps["baseline"][r]:>10.0f}{tps["ours"][r] / tps["baseline"][r]:>8.2f}{str(same[r]):>13}'
+    print(line)
+  print(f'load average before/after: {load_before[0]:.2f} / {load_after[0]:.2f}')
+  result = {
+      'tokens_per_s': tps,
+      'ratio_vs_baseline': ({r: tps['ours'][r] / tps['baseline'][r] for r in rows_list}
+                            if 'baseline' in tps else None),
+      'same_tokens_as_baseline': same if 'baseline' in tps else None,
+      'seconds': times,
+      'baseline_commit': baseline_commit,
+      'config': {'name': 'arith base', **dataclasses.asdict(config),
+                 'attention_types': [a.value for a in config.attention_types],
+                 'num_params': count_params(param_shapes(config))},
+      'workload': {'rows': rows_list, 'samples_per_prompt': SMALL_SAMPLES,
+                   'prompt_len': SMALL_PROMPT, 'new_tokens': SMALL_NEW, 'temperature': 1.0,
+                   'dtype': 'float32', 'repeats': args.repeats, 'tokens_per_s': 'best of repeats'},
+      'machine': {**machine_info(), 'loadavg_before': load_before, 'loadavg_after': load_after},
+  }
+  if args.json:
+    with open(args.json, 'w') as f:
+      json.dump(result, f, indent=2)
+    print(f'wrote {args.json}')
+  return result
+
+
 def main(argv=None):
   ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   ap.add_argument('--config', default='bench_gemma3_100m')
@@ -173,7 +323,17 @@ def main(argv=None):
   ap.add_argument('--temperature', type=float, default=1.0)
   ap.add_argument('--seed', type=int, default=0)
   ap.add_argument('--json', default=None, help='write the results here')
+  ap.add_argument('--small', action='store_true',
+                  help='the arith base model at --rows rows (ours, and --baseline_rev)')
+  ap.add_argument('--rows', default=','.join(map(str, SMALL_ROWS)))
+  ap.add_argument('--baseline_rev', default=None,
+                  help='with --small: also time this git revision, interleaved')
+  ap.add_argument('--small_worker', action='store_true', help=argparse.SUPPRESS)
   args = ap.parse_args(argv)
+  if args.small_worker:
+    return small_worker()
+  if args.small:
+    return run_small(args)
 
   systems = [s for s in args.systems.split(',') if s]
   if unknown := set(systems) - set(SYSTEMS):

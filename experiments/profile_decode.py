@@ -2,6 +2,11 @@
 under jax.profiler, per kind of compiled XLA:CPU op (dot fusions, slice copies, ...).
 
   python experiments/profile_decode.py [--config bench_gemma3_100m --batch 64 --new_tokens 128]
+  python experiments/profile_decode.py --config arith_base --batch 1024 --prompt_len 32
+
+`arith_base` is the arith `base` model (configs/arith.py, vocab 32 padded to 64, as the pipeline
+builds it); its rows are 16 samples of each of batch / 16 prompts, as `benchmarks/sampling.py
+--small` runs it.
 
 One warm-up call, then one profiled call of `Sampler.sample`; the trace's per-op durations are
 summed by op name with the numeric suffix stripped (`ynn_fusion.137` -> `ynn_fusion`: XLA:CPU's
@@ -34,6 +39,16 @@ from ttc_jax.sampling.sampler import Sampler  # noqa: E402
 _WRAPPERS = ('ThunkExecutor', 'SlinkyThreadPool', 'end: ')
 
 
+def _arith_base():
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  from ttc_jax.pipeline.common import model_config  # pylint: disable=g-import-not-at-top
+  path = os.path.join(os.path.dirname(__file__), '..', 'configs', 'arith.py')
+  spec = importlib.util.spec_from_file_location('arith_config', path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return model_config(module.get_config(), 'base', 32)
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--config', default='bench_gemma3_100m')
@@ -43,14 +58,18 @@ def main():
   parser.add_argument('--top', type=int, default=8)
   parser.add_argument('--trace_dir', default=None)
   args = parser.parse_args()
-  config = cfg_lib.get_config(args.config)
+  if args.config == 'arith_base':
+    config, samples = _arith_base(), 16
+  else:
+    config, samples = cfg_lib.get_config(args.config), args.batch
   params = transformer.init_params(config, jax.random.key(0))
   sampler = Sampler(config)
-  prompt = list(range(2, 2 + args.prompt_len))
+  prompts = [[2 + (i + j) % (config.vocab_size - 2) for j in range(args.prompt_len)]
+             for i in range(args.batch // samples)]
 
   def call():
-    out = sampler.sample(params, [prompt], key=jax.random.key(0), max_new_tokens=args.new_tokens,
-                         num_samples=args.batch, temperature=1.0, stop_tokens=[])
+    out = sampler.sample(params, prompts, key=jax.random.key(0), max_new_tokens=args.new_tokens,
+                         num_samples=samples, temperature=1.0, stop_tokens=[])
     return np.asarray(out.tokens)
 
   call()

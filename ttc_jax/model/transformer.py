@@ -311,7 +311,8 @@ class Transformer(nn.Module):
       logits_at_B: when given, only the logits at this chunk index per row are computed.
       return_hidden: also return the final-norm activations (for value heads).
       attend_len: with a cache, attend only to its first `attend_len` slots (static; the caller
-        guarantees the chunk is written below it). Default: the whole cache.
+        guarantees `cache.end_index <= attend_len`: the chunk itself is attended to apart, as it
+        is written after the reads). Default: the whole cache.
     """
     c = self.config
     if input_mask_BxT is None:
