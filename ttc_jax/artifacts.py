@@ -180,10 +180,11 @@ def verifier_eval(config: ml_collections.ConfigDict, workdir: str) -> Artifact:
 
 
 def search_runs(config: ml_collections.ConfigDict, workdir: str, method: str) -> Artifact:
-  """search/<model>/<split>/<method>: one result file per budget and seed (stage eval_search);
-  a budget or seed added to the config adds files, a changed setting makes the runs stale."""
-  s = config.search
-  return make(workdir, f'search/{config.model_name}/{split_label(config)}/{method}',
+  """search/<model>/<split>/<prm>/<method>: one result file per budget and seed (stage
+  eval_search); a budget or seed added to the config adds files, a changed setting makes the
+  runs stale."""
+  return make(workdir, f'search/{config.model_name}/{split_label(config)}/'
+              f'{verifier_name(config, "prm")}/{method}',
               'eval_search',
               values(config, *(f'search.{k}' for k in SEARCH_SETTINGS), 'calibrate.num_bins'),
               [model(config, workdir), verifier(config, workdir, 'prm'), calibration(config, workdir),
@@ -196,9 +197,10 @@ SEARCH_SETTINGS = ('max_problems', 'rows_per_batch', 'max_rounds', 'max_step_tok
 
 
 def search_eval(config: ml_collections.ConfigDict, workdir: str) -> Artifact:
-  """eval_search/<model>/<split>: accuracy per method, budget and bin (search.json), per problem
-  (per_problem.npz), search.png (stage eval_search)."""
-  return make(workdir, f'eval_search/{config.model_name}/{split_label(config)}', 'eval_search',
+  """eval_search/<model>/<split>/<prm>: accuracy per method, budget and bin (search.json), per
+  problem (per_problem.npz), search.png (stage eval_search)."""
+  return make(workdir, f'eval_search/{config.model_name}/{split_label(config)}/'
+              f'{verifier_name(config, "prm")}', 'eval_search',
               values(config, 'search', 'calibrate.num_bins'),
               [*(search_runs(config, workdir, m) for m in config.search.methods),
                calibration(config, workdir), data(config, workdir)])

@@ -116,6 +116,12 @@ RULES: list[tuple[str, Rule]] = [
     ('eval_verifiers.ns', _ints(1)), ('eval_verifiers.num_draws', COUNT),
     ('eval_verifiers.seed', NATURAL), ('eval_verifiers.batch_tokens', COUNT),
     ('eval_verifiers.calibration_bins', COUNT),
+    ('search.budgets', _ints(1)), ('search.seeds', _ints(0)),
+    ('search.max_problems', NATURAL),  # 0 = every problem of the split
+    ('search.rows_per_batch', COUNT), ('search.max_rounds', COUNT),
+    ('search.max_step_tokens', COUNT), ('search.max_new_tokens', COUNT),
+    ('search.temperature', NONNEG), ('search.top_k', NATURAL),
+    ('search.top_p', _real(0.0, strict=True, hi=1.0)),
     ('sft.max_len', COUNT),
     *((f'sft.train.{k}', r) for k, r in TRAINER),
     *((f'sampling.{k}', r) for k, r in SAMPLING),
@@ -178,10 +184,35 @@ def _check_arith(c: ml_collections.ConfigDict) -> None:
         limit_key, limit = 'sample.max_problems', s.max_problems
       _at_most('calibrate.num_bins', c.calibrate.num_bins, limit_key, limit,
                ', the number of problems sampled')
+  if 'search' in c:
+    _check_search(c)
   if 'prm_data' in c:
     for split in ('train', 'validation'):
       _at_most(f'prm_data.{split}_problems', c.prm_data[f'{split}_problems'],
                f'task.{split}_size', t[f'{split}_size'])
+
+
+def _check_search(c: ml_collections.ConfigDict) -> None:
+  """Every search method names a known method and runs at the budgets it is given."""
+  from ttc_jax.pipeline import eval_search  # pylint: disable=g-import-not-at-top
+  s = c.search
+  if not isinstance(s.methods, (list, tuple)) or not s.methods:
+    _fail('search.methods', s.methods, 'a non-empty list of method names')
+  for name in s.methods:
+    runnable = [b for b in s.budgets if eval_search.parse_method(name, int(b), s) is not None]
+    if name.startswith('lookahead'):  # k + 1 generations per beam: small budgets may not fit
+      if not runnable:
+        _fail('search.methods', name, f'a method that fits one of --config.search.budgets='
+              f'{tuple(s.budgets)} (lookahead_k<K>_m<M> needs budgets that are multiples of '
+              '(K + 1) * M)')
+    elif len(runnable) < len(s.budgets):
+      bad = next(b for b in s.budgets if b not in runnable)
+      _fail('search.methods', name, f'M dividing every budget of --config.search.budgets='
+            f'{tuple(s.budgets)} ({bad} is not a multiple of M, or M > {bad}; sqrt needs square '
+            'budgets)')
+  if 0 < s.max_problems < c.calibrate.num_bins:
+    _fail('search.max_problems', s.max_problems, f'0 (all) or >= --config.calibrate.num_bins='
+          f'{c.calibrate.num_bins} (the same number from each bin)')
 
 
 def _check_real(c: ml_collections.ConfigDict) -> None:
