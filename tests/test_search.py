@@ -2,6 +2,7 @@
 prefill, the survivor rule, the methods' bookkeeping, no recompiles, bad input."""
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -135,13 +136,28 @@ def test_survivor_rule_on_a_hand_made_two_problem_case():
   np.testing.assert_array_equal(src, [0, 1, 2, 2, 5, 5, 7, 7])
 
 
-@pytest.mark.parametrize('method,m,k', [('beam', 2, 0), ('dvts', 2, 0), ('lookahead', 2, 2),
-                                        ('beam', 1, 0)])
+STEP_METHODS = [('beam', 2, 0), ('dvts', 2, 0), ('lookahead', 2, 2), ('beam', 1, 0)]
+
+
+@functools.cache
+def _searched(method, m, k, devices=1):
+  """Results of one search of PROMPTS (+2 problems: 5, padded to 8 on a mesh), key 0."""
+  mesh = None
+  if devices > 1:
+    mesh = jax.make_mesh((devices,), ('data',), axis_types=(jax.sharding.AxisType.Auto,))
+  return engine.search(_config(method, m=m, lookahead=k), MODELS, PROMPTS + EXTRA,
+                       jax.random.key(0), _answer, mesh=mesh)
+
+
+EXTRA = [[2, 9, 4], [2, 6, 6, 4]]
+
+
+@pytest.mark.parametrize('method,m,k', STEP_METHODS)
 def test_step_search_bookkeeping(method, m, k):
   c = _config(method, m=m, lookahead=k)
-  results = engine.search(c, MODELS, PROMPTS, jax.random.key(0), _answer)
-  assert len(results) == len(PROMPTS)
-  for prompt, r in zip(PROMPTS, results):
+  results = _searched(method, m, k)
+  assert len(results) == len(PROMPTS + EXTRA)
+  for prompt, r in zip(PROMPTS + EXTRA, results):
     assert len(r.completions) == len(r.step_scores) == len(r.scores) == c.n
     for comp, steps in zip(r.completions, r.step_scores):
       # One score per step, every step ends on the delimiter but a final one (EOS or a cut).
@@ -154,7 +170,7 @@ def test_step_search_bookkeeping(method, m, k):
     sampled = sum(map(len, r.completions))
     # Pruned rows' steps were sampled too; a lookahead's rollouts as well.
     assert r.proposer_tokens >= sampled
-    assert r.verifier_tokens >= r.proposer_tokens + len(prompt) - (0 if k else 0)
+    assert r.verifier_tokens >= r.proposer_tokens + len(prompt)
     if r.pick >= 0:
       assert r.answers[r.pick] is not None
   # The scores are the verifier's on the final candidates (one pass agrees with the search).
@@ -166,14 +182,31 @@ def test_step_search_bookkeeping(method, m, k):
       np.testing.assert_allclose(a, b, atol=1e-5)
 
 
+@pytest.mark.parametrize('method,m,k', [('best_of_n', 2, 0), *STEP_METHODS[:3]])
+def test_eight_devices_give_the_same_search_as_one(method, m, k):
+  """Rows sharded over problems on 8 simulated devices (5 problems padded to 8): the same
+  tokens, scores, picks and token counts as one device, for the same key."""
+  assert jax.device_count() >= 8  # conftest simulates 8 CPU devices
+  one, eight = _searched(method, m, k), _searched(method, m, k, devices=8)
+  assert len(one) == len(eight) == len(PROMPTS + EXTRA)
+  for a, b in zip(one, eight):
+    assert a.completions == b.completions
+    assert a.pick == b.pick
+    assert (a.proposer_tokens, a.verifier_tokens) == (b.proposer_tokens, b.verifier_tokens)
+    for x, y in zip(a.step_scores, b.step_scores):
+      np.testing.assert_allclose(x, y, atol=1e-5)
+  assert sum(len(c) for r in one for c in r.completions) > 0
+
+
 def test_beam_search_prunes_toward_the_verifier():
   """After the first round, the beams of a problem descend from its top-scored first steps."""
-  c = _config('beam', n=8, m=2, max_rounds=2)
-  r = engine.search(c, MODELS, PROMPTS[:1], jax.random.key(3), _answer)[0]
-  first = engine.search(dataclasses.replace(c, max_rounds=1), MODELS, PROMPTS[:1],
+  c = _config('beam', m=2, max_rounds=2)
+  r = engine.search(c, MODELS, PROMPTS + EXTRA, jax.random.key(3), _answer)[0]
+  first = engine.search(dataclasses.replace(c, max_rounds=1), MODELS, PROMPTS + EXTRA,
                         jax.random.key(3), _answer)[0]
-  # Same key: round 1 is the same; the 2 survivors are the top-2 live first steps.
+  # Same key: round 1 is the same; the survivors are the top half of the live first steps.
   live = [i for i, comp in enumerate(first.completions) if comp and comp[-1] == DELIM]
+  assert live
   top = sorted(live, key=lambda i: (-first.step_scores[i][0], i))[:-(-len(live) // 2)]
   kept = {tuple(first.completions[i]) for i in top}
   for comp, done in zip(r.completions, first.completions):
@@ -193,17 +226,17 @@ def test_best_of_n_uses_one_sampler_call_and_the_one_pass_scorer():
 
 
 def test_no_recompile_on_a_second_search():
-  c = _config('lookahead', m=2, lookahead=1)
-  engine.search(c, MODELS, PROMPTS, jax.random.key(0), _answer)
+  c = _config('lookahead', m=2, lookahead=2)
+  _searched('lookahead', 2, 2)  # the same shapes, compiled
   compiles = []
   listener = lambda name, *a, **k: compiles.append(name) if 'backend_compile' in name else None
   jax.monitoring.register_event_duration_secs_listener(listener)
   try:
-    engine.search(c, MODELS, [[2, 9, 9, 4], [2, 4], [2, 3, 3, 3, 4]], jax.random.key(5),
-                  _answer)
+    engine.search(c, MODELS, [[2, 9, 9, 4], [2, 4], [2, 3, 3, 3, 4], [2, 8, 4], [2, 5, 4]],
+                  jax.random.key(5), _answer)
   finally:
     jax.monitoring.unregister_event_duration_listener(listener)
-  # Same shapes, other problems and key: the round's calls are all compiled already (a chunk
+  # Same shapes, other problems and key: every round's calls are compiled already (a chunk
   # width not seen before would compile once; widths are few: multiples of 8 up to the step).
   assert compiles == []
 

@@ -54,7 +54,7 @@ def prefill(backbone, tokens_BxT: jax.Array, lengths_B: jax.Array, *, config: Tr
   return _prefill(backbone, tokens_BxT, lengths_B, cache, config=config, num_samples=num_samples)
 
 
-@functools.partial(jax.jit, static_argnames=('config', 'num_samples'), donate_argnames=('cache',))
+@functools.partial(jax.jit, static_argnames=('config', 'num_samples'))
 def _prefill(backbone, tokens_BxT: jax.Array, lengths_B: jax.Array, cache: Cache, *,
              config: TransformerConfig, num_samples: int) -> VerifierState:
   b, t = tokens_BxT.shape
