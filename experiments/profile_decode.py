@@ -4,6 +4,10 @@ under jax.profiler, per kind of compiled XLA:CPU op (dot fusions, slice copies, 
   python experiments/profile_decode.py [--config bench_gemma3_100m --batch 64 --new_tokens 128]
   python experiments/profile_decode.py --config arith_base --batch 1024 --prompt_len 32
 
+`--by_op` lists compiled ops one by one instead of by kind; with an XLA dump of the run
+(`XLA_FLAGS=--xla_dump_to=DIR ... --by_op --hlo_dir DIR`, for diagnosis only) each op gets its
+optimized HLO line (output shape, operands).
+
 `arith_base` is the arith `base` model (configs/arith.py, vocab 32 padded to 64, as the pipeline
 builds it); its rows are 16 samples of each of batch / 16 prompts, as `benchmarks/sampling.py
 --small` runs it.
@@ -49,6 +53,19 @@ def _arith_base():
   return model_config(module.get_config(), 'base', 32)
 
 
+def _hlo_shapes(hlo_dir: str) -> dict[str, str]:
+  """Op name -> its optimized HLO line (shape and operands), from an XLA dump's
+  *after_optimizations.txt files (the names the trace uses)."""
+  out = {}
+  for path in glob.glob(os.path.join(hlo_dir, '*generate*after_optimizations.txt')):
+    with open(path) as f:
+      for line in f:
+        m = re.match(r'\s*(?:ROOT )?%?([\w.-]+) = (.*)$', line)
+        if m and m.group(1) not in out:
+          out[m.group(1)] = m.group(2)[:150]
+  return out
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--config', default='bench_gemma3_100m')
@@ -57,6 +74,10 @@ def main():
   parser.add_argument('--new_tokens', type=int, default=128)
   parser.add_argument('--top', type=int, default=8)
   parser.add_argument('--trace_dir', default=None)
+  parser.add_argument('--by_op', action='store_true',
+                      help='one line per compiled op (no suffix stripping), with its HLO shape '
+                      'when --hlo_dir holds an XLA dump (XLA_FLAGS=--xla_dump_to=DIR)')
+  parser.add_argument('--hlo_dir', default=None)
   args = parser.parse_args()
   if args.config == 'arith_base':
     config, samples = _arith_base(), 16
@@ -88,7 +109,7 @@ def main():
     name = e.get('name', '')
     if e.get('ph') != 'X' or name.startswith('$') or name.startswith(_WRAPPERS):
       continue
-    kind = re.sub(r'[.\d]+$', '', name)
+    kind = name if args.by_op else re.sub(r'[.\d]+$', '', name)
     total[kind] += e['dur']
     count[kind] += 1
   all_ops = sum(total.values())
@@ -96,9 +117,10 @@ def main():
   print(f'{args.config}: {args.batch} x {args.new_tokens} new tokens, profiled call {wall:.2f} s '
         f'(with tracing), op time {all_ops / 1e6:.2f} s, {all_ops / 1e3 / steps:.1f} ms per '
         'decode step (prefill included)')
+  shapes = _hlo_shapes(args.hlo_dir) if args.hlo_dir else {}
   print(f'{"op kind":<40} {"ms":>9} {"calls":>7} {"share":>7}')
   for kind, us in total.most_common(args.top):
-    print(f'{kind:<40} {us / 1e3:9.1f} {count[kind]:7d} {us / all_ops:7.1%}')
+    print(f'{kind:<40} {us / 1e3:9.1f} {count[kind]:7d} {us / all_ops:7.1%}  {shapes.get(kind, "")}')
   print('trace:', files[-1])
 
 

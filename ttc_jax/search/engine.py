@@ -280,26 +280,25 @@ def _take_chunk(tokens_RxS: jax.Array, *, width: int) -> jax.Array:
 
 
 @functools.partial(jax.jit, static_argnames=('max_step_tokens', 'max_new_tokens', 'eos_id',
-                                             'delimiter_id'), donate_argnames=('beams',))
-def _record_step(beams: Beams, step_RxS: jax.Array, n_R: jax.Array, value_R: jax.Array,
-                 proposer: Cache, pending: jax.Array, verifier: incremental.VerifierState, *,
-                 max_step_tokens: int, max_new_tokens: int, eos_id: int, delimiter_id: int
-                 ) -> Beams:
-  """Appends each live row's new step (n_R tokens) and its score; marks ended rows completed."""
+                                             'delimiter_id'), donate_argnames=('rest',))
+def _record_step(rest: Beams, step_RxS: jax.Array, n_R: jax.Array, value_R: jax.Array,
+                 pending: jax.Array, *, max_step_tokens: int, max_new_tokens: int, eos_id: int,
+                 delimiter_id: int) -> Beams:
+  """Appends each live row's new step (n_R tokens) and its score; marks ended rows completed.
+  `rest` holds no caches (they stay out of this call: passed through, they would be copied)."""
   put = jax.vmap(lambda row, chunk, at: jax.lax.dynamic_update_slice(row, chunk, (at,)))
-  tokens = put(beams.tokens, step_RxS.astype(beams.tokens.dtype), beams.length)
+  tokens = put(rest.tokens, step_RxS.astype(rest.tokens.dtype), rest.length)
   took = n_R > 0
   last = jnp.take_along_axis(step_RxS, jnp.maximum(n_R - 1, 0)[:, None], axis=1)[:, 0]
-  length = beams.length + n_R
+  length = rest.length + n_R
   cut = (n_R >= max_step_tokens) & (last != delimiter_id)
   ended = took & ((last == eos_id) | (length >= max_new_tokens) | cut)
   scores = jax.vmap(lambda row, v, at: row.at[at].set(v))(
-      beams.step_scores, jax.nn.sigmoid(value_R), jnp.minimum(beams.num_steps,
-                                                              beams.step_scores.shape[1] - 1))
-  return Beams(proposer=proposer, pending=pending, verifier=verifier,
-               tokens=tokens, length=length,
-               step_scores=jnp.where(took[:, None], scores, beams.step_scores),
-               num_steps=beams.num_steps + took, done=beams.done | ended)
+      rest.step_scores, jax.nn.sigmoid(value_R), jnp.minimum(rest.num_steps,
+                                                             rest.step_scores.shape[1] - 1))
+  return Beams(proposer=None, pending=pending, verifier=None, tokens=tokens, length=length,
+               step_scores=jnp.where(took[:, None], scores, rest.step_scores),
+               num_steps=rest.num_steps + took, done=rest.done | ended)
 
 
 def plan_sources(value_R: jax.Array, done_R: jax.Array, group: int, width: int) -> jax.Array:
@@ -324,19 +323,41 @@ def plan_sources(value_R: jax.Array, done_R: jax.Array, group: int, width: int) 
   return (local + jnp.arange(rows // group)[:, None] * group).reshape(rows)
 
 
-def _gather(beams: Beams, source_R: jax.Array) -> Beams:
-  return jax.tree.map(lambda x: x if x.ndim == 0 else jnp.take(x, source_R, axis=0), beams)
+def _gather(beams: Beams, source_R: jax.Array, used: int) -> Beams:
+  """Rows regathered from source_R; of the caches only the first `used` slots move (the rest
+  hold nothing valid yet), written back in place."""
+  take = lambda x: jnp.take(x, source_R, axis=0)
+
+  def slots(x, axis):
+    part = take(jax.lax.slice_in_dim(x, 0, used, axis=axis))
+    return jax.lax.dynamic_update_slice_in_dim(x, part, 0, axis=axis)
+
+  def cache(c: Cache) -> Cache:
+    return Cache(layers=tuple(type(l)(k=slots(l.k, 3), v=slots(l.v, 2)) for l in c.layers),
+                 valid=slots(c.valid, 1), positions=slots(c.positions, 1),
+                 next_position=take(c.next_position), end_index=c.end_index)
+
+  v = beams.verifier
+  rest = beams.replace(proposer=None, verifier=None)
+  return jax.tree.map(take, rest).replace(
+      proposer=cache(beams.proposer),
+      verifier=incremental.VerifierState(cache=cache(v.cache), next_logp=take(v.next_logp),
+                                         min_lp=take(v.min_lp), sum_lp=take(v.sum_lp)))
 
 
-def _select_local(value_R, beams: Beams, *, group: int, width: int) -> Beams:
-  return _gather(beams, plan_sources(value_R, beams.done, group, width))
+def _select_local(value_R, beams: Beams, *, group: int, width: int, used: int) -> Beams:
+  return _gather(beams, plan_sources(value_R, beams.done, group, width), used)
+
+
+# Caches are regathered up to the next multiple of this many slots past the written ones.
+GATHER_QUANTUM = 64
 
 
 @functools.lru_cache(maxsize=None)
-def _selector(group: int, width: int, mesh: Mesh | None):
+def _selector(group: int, width: int, used: int, mesh: Mesh | None):
   """select(value [R], beams) -> beams regathered; with a mesh, per device (whole groups on each
   device, so ranking and take never leave it)."""
-  fn = functools.partial(_select_local, group=group, width=width)
+  fn = functools.partial(_select_local, group=group, width=width, used=used)
   if mesh is not None:
     rows, scalar = PartitionSpec('data'), PartitionSpec()
     spec = lambda tree: jax.tree.map(lambda x: scalar if x.ndim == 0 else rows, tree)
@@ -395,7 +416,6 @@ def _step_search(config: SearchConfig, models: Models, prompts, key, answer_of, 
   record = functools.partial(_record_step, max_step_tokens=config.max_step_tokens,
                              max_new_tokens=config.max_new_tokens, eos_id=models.eos_id,
                              delimiter_id=models.delimiter_id)
-  select = _selector(group, m, lay.mesh)
 
   ptok, plen = lay.rows((jnp.asarray(tokens), jnp.asarray(lengths)))
   verifier = incremental.prefill(vparams['transformer'], ptok, plen, config=models.verifier,
@@ -428,18 +448,21 @@ def _step_search(config: SearchConfig, models: Models, prompts, key, answer_of, 
     counts.add('proposer', n_r)
     counts.add('verifier', n_r)
     verifier, value = _append(vparams, verifier, out, n_r, config, models, cache_size)
-    beams = record(rest, out.tokens, out.num_tokens, value, out.cache, out.last_token, verifier)
+    beams = record(rest, out.tokens, out.num_tokens, value, out.last_token).replace(
+        proposer=out.cache, verifier=verifier)
     if config.method == 'lookahead':
       value, beams = _lookahead(config, models, beams, value, gen, pparams, vparams, stop,
                                 jax.random.fold_in(key, 10_000 + r), counts)
     done = np.asarray(beams.done)
     if progress:
-      progress(f'round {rounds}: {int((~done).sum())} of {rows} rows live')
+      progress(f'round {rounds}: {int((~done).sum())} of {rows} rows live, caches at '
+               f'{int(beams.proposer.end_index)} / {int(beams.verifier.cache.end_index)} of {cache_size} slots')
     end = max(int(beams.proposer.end_index), int(beams.verifier.cache.end_index))
     if done.all() or r + 1 == config.max_rounds or (
         end + 1 + config.max_step_tokens + rollout_slots + CHUNK_QUANTUM > cache_size):
       break
-    beams = select(value, beams)
+    used = min(cache_size, -(-end // GATHER_QUANTUM) * GATHER_QUANTUM)
+    beams = _selector(group, m, used, lay.mesh)(value, beams)
     verifier, pcache = beams.verifier, beams.proposer
     rest = beams.replace(proposer=None, verifier=None)
     out = gen(pparams, rest.pending[:, None], jnp.ones_like(rest.length), stop,
