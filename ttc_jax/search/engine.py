@@ -44,7 +44,7 @@ from ttc_jax.verifiers import scoring, selection
 
 METHODS = ('best_of_n', 'beam', 'lookahead', 'dvts')
 # The verifier appends a round's step as a chunk of the round's longest step, rounded up to this.
-CHUNK_QUANTUM = 8
+CHUNK_QUANTUM = 4
 
 
 @dataclasses.dataclass(frozen=True)
