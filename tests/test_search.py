@@ -2,6 +2,7 @@
 prefill, the survivor rule, the methods' bookkeeping, no recompiles, bad input."""
 
 import dataclasses
+import os
 import functools
 
 import jax
@@ -258,3 +259,36 @@ def test_verifier_with_another_vocabulary_is_refused():
                          num_kv_heads=1, num_layers=2, sliding_window_size=8)
   with pytest.raises(ConfigError, match='vocabulary 32 != proposer vocabulary 16'):
     engine.Models(CONFIG, PROPOSER, other, VERIFIER, delimiter_id=DELIM, eos_id=EOS)
+
+
+def test_eval_search_resumes_at_the_missing_run(full_run, tmp_path, monkeypatch):
+  """A run file lost (a kill mid-run) is the only work a rerun does; the summary is the same."""
+  import json
+  import shutil
+  from configs.arith import get_config
+  from ttc_jax import artifacts
+  from ttc_jax.manifest import State, status
+  from ttc_jax.pipeline import eval_search, stages
+  config = get_config('tiny')
+  workdir = tmp_path / 'wd'
+  shutil.copytree(full_run, workdir)
+  summary = artifacts.search_eval(config, str(workdir))
+  before = json.loads(open(summary.file('search.json')).read())
+  runs = artifacts.search_runs(config, str(workdir), 'beam_m2')
+  lost = runs.file('n4_seed0.json')
+  os.remove(lost)
+  assert status(runs).state is State.PARTIAL
+  calls = []
+  real = engine.search
+  monkeypatch.setattr(engine, 'search', lambda c, *a, **k: calls.append(c.name) or real(c, *a, **k))
+  stages.execute(stages.table(config)['eval_search'], config, str(workdir), rebuild_stale=False)
+  assert set(calls) == {'beam_m2'} and os.path.exists(lost)
+  after = json.loads(open(summary.file('search.json')).read())
+  strip = lambda d: {m: {b: {k: v for k, v in e.items() if k != 'seconds'} for b, e in x.items()}
+                     for m, x in d['methods'].items()}
+  assert strip(after) == strip(before)
+  assert status(runs).state is State.DONE
+  assert eval_search.runs(config)  # every configured (method, budget, seed) has a file
+  for name, budget, seed, _ in eval_search.runs(config):
+    assert os.path.exists(artifacts.search_runs(config, str(workdir), name).file(
+        f'n{budget}_seed{seed}.json'))

@@ -178,7 +178,11 @@ def status(a: Artifact, _seen: dict[str, Status] | None = None) -> Status:
   if st.state is State.DONE and a.values is not None:
     for i in a.inputs:
       if i.values is not None and (s := status(i, seen)).state is not State.DONE:
-        st = Status(State.STALE, f'its input {i.name} is {s.state.value}')
+        if i.stage == a.stage and s.state in (State.PARTIAL, State.MISSING):
+          # Made by the same stage, which redoes that input and then this output.
+          st = Status(State.PARTIAL, f'its input {i.name} is {s.state.value}')
+        else:
+          st = Status(State.STALE, f'its input {i.name} is {s.state.value}')
         break
   seen[a.name] = st
   return st

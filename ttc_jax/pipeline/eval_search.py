@@ -118,11 +118,12 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
                            delimiter_id=tok.id_of(arith.STEP_DELIMITER), eos_id=tok.eos_id)
     answer_of = lambda ids: arith.extract_answer(tok.decode(ids))
     prompts = [common.encode_example(tok, p)[0] for p in problems]
+    mesh = data_mesh()
     for i, (name, budget, seed, sc) in enumerate(todo):
       logging.info('%s: run %d/%d: %s at %d generations (n=%d), seed %d, %d problems', STAGE,
                    i + 1, len(todo), name, budget, sc.n, seed, len(problems))
       result = _search_all(sc, models, prompts, problems, bins, seed, c.rows_per_batch,
-                           answer_of)
+                           answer_of, mesh)
       result.update(method=name, budget=budget, seed=seed, settings=_settings(sc))
       wd.atomic_write_json(_run_file(config, workdir, name, budget, seed), result)
   summarize(config, workdir, problems, bins)
@@ -133,8 +134,17 @@ def _settings(sc: engine.SearchConfig) -> dict:
           'lookahead': sc.lookahead, 'generations': sc.generations}
 
 
+def data_mesh() -> jax.sharding.Mesh | None:
+  """A 1-D `data` mesh over every device when there are several (problems sharded, params
+  replicated; the results equal one device's), else None."""
+  if jax.device_count() == 1:
+    return None
+  return jax.make_mesh((jax.device_count(),), ('data',),
+                       axis_types=(jax.sharding.AxisType.Auto,))
+
+
 def _search_all(sc: engine.SearchConfig, models: engine.Models, prompts, problems, bins, seed,
-                rows_per_batch: int, answer_of) -> dict:
+                rows_per_batch: int, answer_of, mesh) -> dict:
   # Equal batches (the last padded by the engine's rule: repeats, results dropped), so each
   # budget compiles one set of shapes.
   per_batch = max(1, rows_per_batch // sc.n)
@@ -145,7 +155,8 @@ def _search_all(sc: engine.SearchConfig, models: engine.Models, prompts, problem
     batch = slice(start, start + per_batch)
     chunk = prompts[batch]
     chunk = chunk + [chunk[-1]] * (per_batch - len(chunk))
-    results = engine.search(sc, models, chunk, jax.random.fold_in(key, start), answer_of)
+    results = engine.search(sc, models, chunk, jax.random.fold_in(key, start), answer_of,
+                            mesh=mesh)
     for p, r in zip(problems[batch], results):
       ids = selection.answer_ids(r.answers)
       correct = {'weighted': arith.grade(r.answer, p.answer)}
