@@ -39,6 +39,7 @@ import _peers  # noqa: E402  pylint: disable=g-import-not-at-top
 from ttc_jax.model.config import TransformerConfig, get_config  # noqa: E402
 from ttc_jax.model.transformer import Transformer, count_params, init_params, param_shapes  # noqa: E402
 from ttc_jax.sampling.sampler import Sampler  # noqa: E402
+from ttc_jax.workdir import atomic_write_json  # noqa: E402
 
 SYSTEMS = ('ttc_jax', 'gemma', 'transformers')
 LOGIT_TOL = 1e-4  # max |logit diff| / max |logit| for a conversion to count as verified
@@ -305,11 +306,14 @@ def run_small(args) -> dict:
                    'dtype': 'float32', 'repeats': args.repeats, 'tokens_per_s': 'best of repeats'},
       'machine': {**machine_info(), 'loadavg_before': load_before, 'loadavg_after': load_after},
   }
-  if args.json:
-    with open(args.json, 'w') as f:
-      json.dump(result, f, indent=2)
-    print(f'wrote {args.json}')
+  _write(result, args.json)
   return result
+
+
+def _write(result: dict, path: str | None) -> None:
+  if path:
+    atomic_write_json(path, result)
+    print(f'wrote {path}')
 
 
 def main(argv=None):
@@ -399,10 +403,7 @@ def main(argv=None):
                    'seed': args.seed},
       'machine': {**machine_info(), 'loadavg_before': load_before, 'loadavg_after': load_after},
   }
-  if args.json:
-    with open(args.json, 'w') as f:
-      json.dump(result, f, indent=2)
-    print(f'wrote {args.json}')
+  _write(result, args.json)
   return result
 
 
