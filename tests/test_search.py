@@ -216,13 +216,14 @@ def test_beam_search_prunes_toward_the_verifier():
 
 
 def test_best_of_n_uses_one_sampler_call_and_the_one_pass_scorer():
-  c = _config('best_of_n', n=4)
-  results = engine.search(c, MODELS, PROMPTS, jax.random.key(0), _answer)
+  c = _config('best_of_n')
+  results = _searched('best_of_n', 2, 0)
   scorer = Scorer(CONFIG, delimiter_id=DELIM, eos_id=EOS)
-  for prompt, r in zip(PROMPTS, results):
-    assert r.rounds == 1 and r.generations == 4
+  for prompt, r in zip(PROMPTS + EXTRA, results):
+    assert r.rounds == 1 and r.generations == c.n
     assert r.proposer_tokens == sum(map(len, r.completions))
-    for a, b in zip(scorer.score(VERIFIER, [prompt] * 4, r.completions), r.step_scores):
+    assert r.verifier_tokens == r.proposer_tokens + c.n * len(prompt)
+    for a, b in zip(scorer.score(VERIFIER, [prompt] * c.n, r.completions), r.step_scores):
       np.testing.assert_allclose(a, b, atol=1e-6)  # other batches: rounding differs
 
 
