@@ -9,7 +9,7 @@ Same problems, proposer, PRM and budget N, side by side in one run:
              fresh cache and samples one step (`Sampler.sample`, stop on the step delimiter /
              EOS, at most 48 tokens), and the PRM re-scores every live beam's whole prefix
              (`Scorer.step_logits`, the last step's value); selection and refill by the same rule
-             (`engine.plan_sources`, completed beams frozen), the same end conditions (EOS, 256
+             (`search.beams.plan_sources`, completed beams frozen), the same end conditions (EOS, 256
              completion tokens, a 48-token step without a delimiter, 40 rounds) and the same
              final pick (best-of-N weighted over last-step scores);
   best_of_n  ours: `engine.search(method='best_of_n', n=N)` (N full samples, one-pass scoring).
@@ -40,6 +40,7 @@ from configs.arith import get_config  # noqa: E402
 from ttc_jax.errors import UserError  # noqa: E402
 from ttc_jax.pipeline import common, train_base, train_prm  # noqa: E402
 from ttc_jax.sampling.sampler import Sampler  # noqa: E402
+from ttc_jax.search import beams as search_rows  # noqa: E402
 from ttc_jax.search import engine  # noqa: E402
 from ttc_jax.tasks import arith  # noqa: E402
 from ttc_jax.verifiers import scoring, selection  # noqa: E402
@@ -111,7 +112,7 @@ def reprefill_beam_search(config: engine.SearchConfig, models: engine.Models, pr
         done[i] = True
     if done.all() or r + 1 == config.max_rounds:
       break
-    source = np.asarray(engine.plan_sources(jnp.asarray(value), jnp.asarray(done), n, m))
+    source = np.asarray(search_rows.plan_sources(jnp.asarray(value), jnp.asarray(done), n, m))
     beams = [beams[s] for s in source]
     scores = [scores[s] for s in source]
     done = done[source]

@@ -14,7 +14,7 @@ from ttc_jax.errors import ConfigError
 from ttc_jax.model import config as cfg_lib
 from ttc_jax.model import transformer as tr
 from ttc_jax.sampling import sampler
-from ttc_jax.search import engine, incremental
+from ttc_jax.search import beams, engine, incremental
 from ttc_jax.training.objectives import ValueRegression
 from ttc_jax.verifiers.scoring import Scorer
 from ttc_jax.verifiers.steps import step_ends
@@ -119,21 +119,21 @@ def test_survivor_rule_on_a_hand_made_two_problem_case():
   # Problem 1 (rows 4-7): all live, values 0.1, 0.5, 0.3, 0.7.
   value = jnp.asarray([0.2, 0.0, 0.9, 0.9, 0.1, 0.5, 0.3, 0.7])
   done = jnp.asarray([False, True, False, False, False, False, False, False])
-  src = np.asarray(engine.plan_sources(value, done, group=4, width=2))
+  src = np.asarray(beams.plan_sources(value, done, group=4, width=2))
   # P0: 3 live -> ceil(3/2) = 2 survivors: rows 2 and 3 (0.9 tie: both, lower first); live slots
   # 0, 2, 3 take survivors 2, 2, 3; row 1 keeps itself. P1: 2 survivors, rows 7 (0.7) and 5
   # (0.5); in row order 5, 7: slots 4, 5 <- 5; 6, 7 <- 7.
   np.testing.assert_array_equal(src, [2, 1, 2, 3, 5, 5, 7, 7])
   # The tie rule: equal values, the lower row survives.
-  src = np.asarray(engine.plan_sources(jnp.asarray([0.5, 0.5, 0.5, 0.5]),
+  src = np.asarray(beams.plan_sources(jnp.asarray([0.5, 0.5, 0.5, 0.5]),
                                        jnp.zeros(4, bool), group=4, width=4))
   np.testing.assert_array_equal(src, [0, 0, 0, 0])
   # Width 1 keeps every row where it is (beam M=1 = N independent samples).
-  src = np.asarray(engine.plan_sources(value, done, group=4, width=1))
+  src = np.asarray(beams.plan_sources(value, done, group=4, width=1))
   np.testing.assert_array_equal(src, np.arange(8))
   # DVTS: groups of M=2, the best of each: [0,1]: row 1 done, row 0 alone; [2,3] tie -> 2;
   # [4,5] -> 5; [6,7] -> 7.
-  src = np.asarray(engine.plan_sources(value, done, group=2, width=2))
+  src = np.asarray(beams.plan_sources(value, done, group=2, width=2))
   np.testing.assert_array_equal(src, [0, 1, 2, 2, 5, 5, 7, 7])
 
 

@@ -34,7 +34,7 @@ from ttc_jax.errors import ConfigError
 from ttc_jax.pipeline import common, train_base, train_prm
 from ttc_jax.search import engine
 from ttc_jax.tasks import arith
-from ttc_jax.verifiers import evaluation, selection
+from ttc_jax.verifiers import selection
 
 matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # noqa: E402
@@ -190,7 +190,7 @@ def summarize(config: ml_collections.ConfigDict, workdir: str, problems, bins) -
     res = wd.read_json(path, stage=STAGE)
     by_id = {r['id']: r for r in res['problems']}
     if sorted(by_id) != sorted(ids):
-      raise workdir_damaged(path)
+      raise wd.damaged(path, 'holds other problems than this config selects', STAGE)
     for how in (SELECTIONS if sc.method == 'best_of_n' else ('weighted',)):
       label = name if how == 'weighted' else f'{name}:{how}'
       correct = np.array([float(by_id[i]['correct'][how]) for i in ids])
@@ -231,10 +231,6 @@ def summarize(config: ml_collections.ConfigDict, workdir: str, problems, bins) -
   _plot(result, out.file('search.png'))
   wd.atomic_write_json(out.file('search.json'), result)
   logging.info('%s: wrote %s', STAGE, out.path)
-
-
-def workdir_damaged(path: str):
-  return wd.damaged(path, 'holds other problems than this config selects', STAGE)
 
 
 def findings(table: dict) -> dict:
