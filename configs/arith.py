@@ -74,6 +74,37 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       methods=('best_of_n', 'beam_m4', 'beam_msqrt', 'lookahead_k1_m4', 'dvts_m4'),
       budgets=(4, 16, 64), seeds=(0,), max_problems=100, rows_per_batch=1024, max_rounds=40,
       max_step_tokens=48, max_new_tokens=256, temperature=1.0, top_k=0, top_p=1.0))
+  # Revisions (Section 6). revision_data: K samples per training problem at a higher
+  # temperature; each distinct correct one (up to max_per_problem) becomes a trajectory with
+  # 0..max_incorrect incorrect attempts before it, the closest by edit distance last (the paper
+  # samples 64 per question; 16 here keeps the stage near 3 minutes on 2 cores).
+  c.revision_data = ml_collections.ConfigDict(dict(
+      problems=2000, num_samples=16, temperature=1.2, max_new_tokens=256, max_incorrect=4,
+      max_per_problem=2, problems_per_shard=125))
+  # train_revision: SFT of models/revision_<model> from the proposer's weights; loss on the final
+  # (correct) attempt only; rows packed to max_len (the longest possible trajectory: a prompt
+  # and 5 attempts of revision_data.max_new_tokens, plus their separators).
+  c.train_revision = trainer.default_config()
+  c.train_revision.update(dict(steps=300, batch_size=4, learning_rate=5e-4, warmup_steps=20,
+                               log_every=50, checkpoint_every=100))
+  c.train_revision.max_len = 1536
+  c.train_revision.packing = True
+  c.train_revision.pack_len = 512  # how full a packed row is filled (docs/revisions.md)
+  # Chains of the revision model (train_revision_orm's samples, eval_revisions): each attempt
+  # sees the `window` most recent earlier ones.
+  c.revision = ml_collections.ConfigDict(dict(
+      window=4, max_new_tokens=256, temperature=1.0, top_k=0, top_p=1.0, rows_per_batch=1024))
+  # train_revision_orm: an ORM head (config.train_prm's settings, on the verifier backbone)
+  # trained on the revision model's own attempts: `chains` chains of `length` attempts on
+  # `problems` training problems after revision_data's; `context` puts the earlier attempts of
+  # the chain in the ORM's context (the paper's Appendix J).
+  c.revision_orm = ml_collections.ConfigDict(dict(
+      problems=500, validation_problems=50, chains=2, length=4, context=False))
+  # eval_revisions on the sample split: chains nested so one run covers every budget and every
+  # (chains x length) split of `budget` (chain i runs budget / 2**ceil(log2(i + 1)) attempts).
+  c.eval_revisions = ml_collections.ConfigDict(dict(
+      budget=64, budgets=(4, 8, 16, 32, 64), ratio_budgets=(16, 64), max_problems=100,
+      seed=0))
 
   if variant == 'large':
     c.train.update(dict(learning_rate=1e-3))
@@ -99,10 +130,26 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.search.update(dict(methods=('best_of_n', 'beam_m2', 'dvts_m2'),
                          budgets=(4,), max_problems=10, rows_per_batch=64, max_new_tokens=64,
                          max_step_tokens=16))
+    c.revision_data.update(dict(problems=40, num_samples=4, max_new_tokens=64,
+                                problems_per_shard=20))
+    c.train_revision.update(dict(steps=10, batch_size=2, warmup_steps=2, log_every=5,
+                                 checkpoint_every=5))
+    c.train_revision.max_len = 384
+    c.train_revision.pack_len = 128
+    c.revision.update(dict(max_new_tokens=64, rows_per_batch=64))
+    c.revision_orm.update(dict(problems=16, validation_problems=4, chains=2, length=2))
+    c.eval_revisions.update(dict(budget=8, budgets=(2, 4, 8), ratio_budgets=(8,),
+                                 max_problems=10))
   elif variant == 'gpu':
     c.task.update(dict(train_size=200_000))
     c.train.update(dict(steps=20_000, batch_size=256))
     c.sample.update(dict(problems_per_batch=64))
     c.search.update(dict(budgets=(4, 16, 64, 256), seeds=(0, 1, 2), max_problems=0,
                          rows_per_batch=4096))
+    c.revision_data.update(dict(problems=10_000, num_samples=64))
+    c.train_revision.update(dict(steps=3000, batch_size=32))
+    c.revision.update(dict(rows_per_batch=8192))
+    c.revision_orm.update(dict(problems=4000, validation_problems=200, chains=4))
+    c.eval_revisions.update(dict(budget=128, budgets=(4, 8, 16, 32, 64, 128),
+                                 ratio_budgets=(16, 64, 128), max_problems=0))
   return c

@@ -211,12 +211,63 @@ def demo_samples(config: ml_collections.ConfigDict, workdir: str) -> Artifact:
   return make(workdir, 'demo', 'demo', values(config, 'seed', 'model', 'sampling', 'demo'))
 
 
-# Reserved for the stages still to come (search, revisions, difficulty, policy, report): the
-# directory each will declare here as it is built, so the layout stays one place.
+def revision_data(config: ml_collections.ConfigDict, workdir: str) -> Artifact:
+  """revision_data/<model>: revision trajectories from the proposer's samples of training
+  problems, as a TFDS dataset (stage revision_data)."""
+  return make(workdir, f'revision_data/{config.model_name}', 'revision_data',
+              values(config, 'revision_data', 'seed'),
+              [model(config, workdir), tokenizer(config, workdir), data(config, workdir)])
+
+
+def revision_model_name(config: ml_collections.ConfigDict) -> str:
+  return f'revision_{config.model_name}'
+
+
+def revision_model(config: ml_collections.ConfigDict, workdir: str) -> Artifact:
+  """models/revision_<model>: the revision model, SFT from the proposer (stage train_revision)."""
+  return make(workdir, f'models/{revision_model_name(config)}', 'train_revision',
+              values(config, 'train_revision', 'revision.window'),
+              [revision_data(config, workdir), model(config, workdir), tokenizer(config, workdir)])
+
+
+def revision_verifier_name(config: ml_collections.ConfigDict) -> str:
+  return f'orm_{revision_model_name(config)}{backbone_suffix(config)}'
+
+
+def revision_verifier(config: ml_collections.ConfigDict, workdir: str) -> Artifact:
+  """models/orm_revision_<model>[_on_<backbone>]: an ORM head trained on the revision model's
+  own attempts (stage train_revision_orm)."""
+  return make(workdir, f'models/{revision_verifier_name(config)}', 'train_revision_orm',
+              values(config, 'revision_orm', 'revision', 'train_prm', 'revision_data.problems',
+                     'seed'),
+              [revision_model(config, workdir), model(config, workdir, backbone_name(config)),
+               verifier(config, workdir, 'prm'), tokenizer(config, workdir),
+               data(config, workdir)])
+
+
+def revision_chains(config: ml_collections.ConfigDict, workdir: str) -> Artifact:
+  """revisions/<model>/<split>: the revision model's chains on the sample split, graded and
+  scored by the revision ORM and the PRM, one file per batch of problems (eval_revisions)."""
+  return make(workdir, f'revisions/{config.model_name}/{split_label(config)}', 'eval_revisions',
+              values(config, 'revision', 'eval_revisions.budget', 'eval_revisions.max_problems',
+                     'eval_revisions.seed', 'calibrate.num_bins'),
+              [revision_model(config, workdir), revision_verifier(config, workdir),
+               verifier(config, workdir, 'prm'), calibration(config, workdir),
+               tokenizer(config, workdir), data(config, workdir)])
+
+
+def revision_eval(config: ml_collections.ConfigDict, workdir: str) -> Artifact:
+  """eval_revisions/<model>/<split>: pass@1 per revision step, sequential vs parallel, the
+  ratio sweep (revisions.json), per_problem.npz, the paper's Figures 6 and 7."""
+  return make(workdir, f'eval_revisions/{config.model_name}/{split_label(config)}',
+              'eval_revisions', values(config, 'eval_revisions', 'calibrate.num_bins'),
+              [revision_chains(config, workdir), calibration(config, workdir),
+               data(config, workdir)])
+
+
+# Reserved for the stages still to come (difficulty, policy, report): the directory each will
+# declare here as it is built, so the layout stays one place.
 PLANNED = {
-    'revision_data': ('revision_data', 'revision_data/<model>'),
-    'revision_model': ('train_revision', 'models/revision_<model>'),
-    'revisions': ('eval_revisions', 'eval_revisions/<model>/<split>'),
     'difficulty': ('difficulty', 'difficulty/<model>/<split>'),
     'policy': ('policy', 'policy/<model>/<split>'),
     'report': ('report', 'report'),

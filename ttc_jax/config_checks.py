@@ -122,6 +122,21 @@ RULES: list[tuple[str, Rule]] = [
     ('search.max_step_tokens', COUNT), ('search.max_new_tokens', COUNT),
     ('search.temperature', NONNEG), ('search.top_k', NATURAL),
     ('search.top_p', _real(0.0, strict=True, hi=1.0)),
+    ('revision_data.problems', COUNT), ('revision_data.num_samples', COUNT),
+    ('revision_data.temperature', NONNEG), ('revision_data.max_new_tokens', COUNT),
+    ('revision_data.max_incorrect', NATURAL), ('revision_data.max_per_problem', COUNT),
+    ('revision_data.problems_per_shard', COUNT),
+    *((f'train_revision.{k}', r) for k, r in TRAINER), ('train_revision.packing', _bool),
+    ('train_revision.pack_len', COUNT),
+    ('revision.window', COUNT), ('revision.max_new_tokens', COUNT),
+    ('revision.temperature', NONNEG), ('revision.top_k', NATURAL), ('revision.top_p', TOP_P),
+    ('revision.rows_per_batch', COUNT),
+    ('revision_orm.problems', COUNT), ('revision_orm.validation_problems', NATURAL),
+    ('revision_orm.chains', COUNT), ('revision_orm.length', COUNT),
+    ('revision_orm.context', _bool),
+    ('eval_revisions.budget', COUNT), ('eval_revisions.budgets', _ints(1)),
+    ('eval_revisions.ratio_budgets', _ints(1)), ('eval_revisions.max_problems', NATURAL),
+    ('eval_revisions.seed', NATURAL),
     ('sft.max_len', COUNT),
     *((f'sft.train.{k}', r) for k, r in TRAINER),
     *((f'sampling.{k}', r) for k, r in SAMPLING),
@@ -186,6 +201,8 @@ def _check_arith(c: ml_collections.ConfigDict) -> None:
                ', the number of problems sampled')
   if 'search' in c:
     _check_search(c)
+  if 'eval_revisions' in c:
+    _check_revisions(c)
   if 'prm_data' in c:
     for split in ('train', 'validation'):
       _at_most(f'prm_data.{split}_problems', c.prm_data[f'{split}_problems'],
@@ -213,6 +230,23 @@ def _check_search(c: ml_collections.ConfigDict) -> None:
   if 0 < s.max_problems < c.calibrate.num_bins:
     _fail('search.max_problems', s.max_problems, f'0 (all) or >= --config.calibrate.num_bins='
           f'{c.calibrate.num_bins} (the same number from each bin)')
+
+
+def _check_revisions(c: ml_collections.ConfigDict) -> None:
+  """Budgets the nested chains serve, and training problems enough for both revision stages."""
+  from ttc_jax.pipeline import eval_revisions  # pylint: disable=g-import-not-at-top
+  eval_revisions.check(c)
+  o = c.revision_orm
+  room = c.task.train_size - o.problems - o.validation_problems
+  if c.revision_data.problems > room:
+    _fail('revision_data.problems', c.revision_data.problems,
+          f'an integer <= {room}: --config.task.train_size={c.task.train_size} minus '
+          f'--config.revision_orm.problems={o.problems} and .validation_problems='
+          f'{o.validation_problems}, the training problems taken after them')
+  e = c.eval_revisions
+  if 0 < e.max_problems < c.calibrate.num_bins:
+    _fail('eval_revisions.max_problems', e.max_problems, f'0 (all) or >= '
+          f'--config.calibrate.num_bins={c.calibrate.num_bins} (the same number from each bin)')
 
 
 def _check_real(c: ml_collections.ConfigDict) -> None:

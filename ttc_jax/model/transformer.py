@@ -293,6 +293,17 @@ def _cache_masks(valid_BxS, slot_pos_BxS, input_mask_BxT, positions_BxT, start, 
   return global_mask, (before[:, None, :] & near_cache, chunk & near_chunk)
 
 
+def segment_positions(input_mask_BxT: jax.Array, segment_ids_BxT: jax.Array) -> jax.Array:
+  """[B, T] int32 RoPE positions counting real tokens from 0 at each segment's first token."""
+  mask = input_mask_BxT.astype(jnp.int32)
+  count = jnp.cumsum(mask, axis=-1, dtype=jnp.int32)
+  prev = jnp.pad(segment_ids_BxT[:, :-1], ((0, 0), (1, 0)), constant_values=-1)
+  # Real tokens before each segment's first token, carried forward; `count` never decreases, so
+  # the running max is the value at the latest segment start.
+  before = jax.lax.cummax(jnp.where(segment_ids_BxT != prev, count - mask, 0), axis=1)
+  return jnp.maximum(count - before - 1, 0)
+
+
 class Transformer(nn.Module):
   """Gemma decoder. `apply(params, tokens, input_mask=..., cache=...)` -> Output."""
   config: TransformerConfig
@@ -300,7 +311,8 @@ class Transformer(nn.Module):
   @nn.compact
   def __call__(self, tokens_BxT: jax.Array, input_mask_BxT: jax.Array | None = None,
                cache: Cache | None = None, logits_at_B: jax.Array | None = None,
-               return_hidden: bool = False, attend_len: int | None = None) -> Output:
+               return_hidden: bool = False, attend_len: int | None = None,
+               segment_ids_BxT: jax.Array | None = None) -> Output:
     """Runs the decoder on a chunk of tokens.
 
     Args:
@@ -313,17 +325,31 @@ class Transformer(nn.Module):
       attend_len: with a cache, attend only to its first `attend_len` slots (static; the caller
         guarantees `cache.end_index <= attend_len`: the chunk itself is attended to apart, as it
         is written after the reads). Default: the whole cache.
+      segment_ids_BxT: packed rows, without a cache: int32, 0 for padding, 1, 2, ... for the
+        contiguous sequences of a row. Each attends only within itself and has positions from 0
+        (as if run alone). input_mask_BxT then defaults to segment_ids_BxT > 0.
     """
     c = self.config
+    if segment_ids_BxT is not None:
+      if cache is not None:
+        raise ValueError('segment_ids_BxT is for packed training rows, not with a cache')
+      if input_mask_BxT is None:
+        input_mask_BxT = segment_ids_BxT > 0
     if input_mask_BxT is None:
       input_mask_BxT = tokens_BxT != PAD_ID
     b, t = tokens_BxT.shape
     offset = jnp.cumsum(input_mask_BxT, axis=-1, dtype=jnp.int32) - 1
     if cache is None:
       positions = jnp.maximum(offset, 0)
+      if segment_ids_BxT is not None:
+        positions = segment_positions(input_mask_BxT, segment_ids_BxT)
       start = None
       global_mask, local_mask = _masks(input_mask_BxT, positions, positions, 0, t,
                                        c.sliding_window_size)
+      if segment_ids_BxT is not None:
+        same = segment_ids_BxT[:, :, None] == segment_ids_BxT[:, None, :]  # [B, T, S]
+        global_mask = global_mask & same
+        local_mask = None if local_mask is None else local_mask & same
     else:
       positions = cache.next_position[:, None] + jnp.maximum(offset, 0)
       start = cache.end_index

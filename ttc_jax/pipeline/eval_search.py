@@ -87,12 +87,12 @@ def outputs(config: ml_collections.ConfigDict, workdir: str) -> list[manifest.Ar
           artifacts.search_eval(config, workdir)]
 
 
-def select_problems(config: ml_collections.ConfigDict, workdir: str
+def select_problems(config: ml_collections.ConfigDict, workdir: str, limit: int, stage: str
                     ) -> tuple[list[arith.Problem], dict[str, int]]:
-  """(problems in batch order, {id: oracle bin})."""
-  bins = common.load_difficulty(config, workdir, STAGE)
-  problems = common.load_problems(config, workdir, config.sample.split, STAGE)
-  limit = config.search.max_problems
+  """(problems in batch order, {id: oracle bin}): `limit` problems of the sample split (0 =
+  all), the same number from each oracle bin (lowest ids first), in (num_ops, id) order."""
+  bins = common.load_difficulty(config, workdir, stage)
+  problems = common.load_problems(config, workdir, config.sample.split, stage)
   if limit:
     per_bin = max(1, limit // config.calibrate.num_bins)
     chosen = []
@@ -108,7 +108,7 @@ def _run_file(config, workdir: str, name: str, budget: int, seed: int) -> str:
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> None:
   c = config.search
-  problems, bins = select_problems(config, workdir)
+  problems, bins = select_problems(config, workdir, c.max_problems, STAGE)
   todo = [r for r in runs(config) if not os.path.exists(_run_file(config, workdir, *r[:3]))]
   if todo:
     tok = common.load_tokenizer(config, workdir, STAGE)

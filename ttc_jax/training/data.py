@@ -25,6 +25,8 @@ class Batch:
   value_mask: jax.Array | None = None  # [B, T] float32
   # Precomputed per-position inputs (a frozen backbone's, for `objectives.HeadRegression`).
   features: jax.Array | None = None  # [B, T, F] float32
+  # Packed rows (`pack_segments`): 0 on padding, 1, 2, ... per sequence; None: one per row.
+  segment_ids: jax.Array | None = None  # [B, T] int32
 
 
 @flax.struct.dataclass
@@ -35,6 +37,7 @@ class Examples:
   value_targets: np.ndarray | None = None
   value_mask: np.ndarray | None = None
   features: np.ndarray | None = None  # [N, T, F]
+  segment_ids: np.ndarray | None = None  # [N, T] int32
 
   @property
   def size(self) -> int:
@@ -72,6 +75,49 @@ def pack(prompts: Sequence[Sequence[int]], completions: Sequence[Sequence[int]],
                   value_mask=value_mask)
 
 
+def pack_segments(prompts: Sequence[Sequence[int]], completions: Sequence[Sequence[int]],
+                  max_len: int, *, row_len: int | None = None,
+                  max_len_key: str = 'train.max_len') -> Examples:
+  """Several prompt + completion sequences per row of max_len, each one segment (`Batch`), so
+  long and short sequences share rows instead of padding to the longest. Rows are filled
+  first-fit-decreasing by length (ties by input index: deterministic). The loss covers the
+  completions only, never a segment's first token (its target would come from the segment
+  before). Too-long sequences are an error naming `max_len_key`, as in `pack`; empty ones are
+  dropped (they have no targets).
+
+  `row_len` (default max_len) is how full a row is packed: a sequence longer than it gets a row
+  of its own. Attention costs a row's length squared, so short rows (with `batch_at` batching
+  rows of similar length) make packing pay where a few long sequences set max_len."""
+  row_len = max_len if row_len is None else min(row_len, max_len)
+  seqs = [list(p) + list(c) for p, c in zip(prompts, completions)]
+  lengths = np.array([len(s) for s in seqs], np.int64)
+  for i, n in enumerate(lengths):
+    if n > max_len:
+      raise ConfigError(f'example {i} has {n} tokens; --config.{max_len_key}={max_len}: '
+                        'raise it')
+  order = [i for i in np.argsort(-lengths, kind='stable') if lengths[i] > 0]
+  free = np.full(len(order), row_len, np.int64)  # at most one row per sequence
+  rows: list[list[int]] = []
+  for i in order:
+    r = int(np.argmax(free >= min(lengths[i], row_len)))  # the first row it fits, else a new one
+    if r == len(rows):
+      rows.append([])
+    rows[r].append(i)
+    free[r] = max(free[r] - lengths[i], 0)
+  tokens = np.full((len(rows), max_len), PAD_ID, np.int32)
+  mask = np.zeros((len(rows), max_len), np.float32)
+  segments = np.zeros((len(rows), max_len), np.int32)
+  for r, row in enumerate(rows):
+    at = 0
+    for s, i in enumerate(row, start=1):
+      n = len(seqs[i])
+      tokens[r, at:at + n] = seqs[i]
+      segments[r, at:at + n] = s
+      mask[r, at + max(len(prompts[i]), 1):at + n] = 1.0
+      at += n
+  return Examples(tokens=tokens, loss_mask=mask, segment_ids=segments)
+
+
 def _epoch_batches(lengths: np.ndarray, batch_size: int, seed: int, epoch: int) -> np.ndarray:
   """[batches, batch_size] indices: shuffled, then grouped by length inside windows of 32
   batches (so padding is small), then the batches shuffled again."""
@@ -103,4 +149,4 @@ def batch_at(examples: Examples, step: int, batch_size: int, seed: int,
   take = lambda a: None if a is None else a[idx, :width]
   return Batch(tokens=take(examples.tokens), loss_mask=take(examples.loss_mask),
                value_targets=take(examples.value_targets), value_mask=take(examples.value_mask),
-               features=take(examples.features))
+               features=take(examples.features), segment_ids=take(examples.segment_ids))

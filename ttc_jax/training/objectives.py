@@ -36,8 +36,14 @@ class LanguageModeling:
     if self.compute_dtype:
       config = dataclasses.replace(config, dtype=self.compute_dtype)
       params = jax.tree.map(lambda x: x.astype(self.compute_dtype), params)
-    out = Transformer(config).apply({'params': params}, batch.tokens[:, :-1])
+    segments = None if batch.segment_ids is None else batch.segment_ids[:, :-1]
+    out = Transformer(config).apply({'params': params}, batch.tokens[:, :-1],
+                                    segment_ids_BxT=segments)
     targets, weights = batch.tokens[:, 1:], batch.loss_mask[:, 1:]
+    if batch.segment_ids is not None:
+      # A target in another segment than its input is not predictable from it. `pack_segments`
+      # never marks such a target; this keeps hand-made packed batches from training on one.
+      weights = weights * (batch.segment_ids[:, 1:] == segments)
     nll = optax.softmax_cross_entropy_with_integer_labels(out.logits.astype(jnp.float32), targets)
     total = jnp.maximum(weights.sum(), 1.0)
     loss = (nll * weights).sum() / total
