@@ -77,10 +77,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # Revisions (Section 6). revision_data: K samples per training problem at a higher
   # temperature; each distinct correct one (up to max_per_problem) becomes a trajectory with
   # 0..max_incorrect incorrect attempts before it, the closest by edit distance last (the paper
-  # samples 64 per question; 16 here keeps the stage near 3 minutes on 2 cores).
+  # samples 64 per question; 16 here keeps the stage near 3 minutes on 2 cores). use_gold: a
+  # problem no sample solves ends its trajectory in the reference solution (off: the paper's).
   c.revision_data = ml_collections.ConfigDict(dict(
       problems=2000, num_samples=16, temperature=1.2, max_new_tokens=256, max_incorrect=4,
-      max_per_problem=2, problems_per_shard=125))
+      max_per_problem=2, problems_per_shard=125, use_gold=False))
   # train_revision: SFT of models/revision_<model> from the proposer's weights; loss on the final
   # (correct) attempt only; rows packed to max_len (the longest possible trajectory: a prompt
   # and 5 attempts of revision_data.max_new_tokens, plus their separators).
@@ -130,8 +131,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.search.update(dict(methods=('best_of_n', 'beam_m2', 'dvts_m2'),
                          budgets=(4,), max_problems=10, rows_per_batch=64, max_new_tokens=64,
                          max_step_tokens=16))
+    # The tiny model solves nothing: the reference solution ends each trajectory.
     c.revision_data.update(dict(problems=40, num_samples=4, max_new_tokens=64,
-                                problems_per_shard=20))
+                                problems_per_shard=20, use_gold=True))
     c.train_revision.update(dict(steps=10, batch_size=2, warmup_steps=2, log_every=5,
                                  checkpoint_every=5))
     c.train_revision.max_len = 384

@@ -246,9 +246,11 @@ def revision_verifier(config: ml_collections.ConfigDict, workdir: str) -> Artifa
 
 
 def revision_chains(config: ml_collections.ConfigDict, workdir: str) -> Artifact:
-  """revisions/<model>/<split>: the revision model's chains on the sample split, graded and
-  scored by the revision ORM and the PRM, one file per batch of problems (eval_revisions)."""
-  return make(workdir, f'revisions/{config.model_name}/{split_label(config)}', 'eval_revisions',
+  """revisions/<model>/<split>/on_<backbone>: the revision model's chains on the sample split,
+  graded and scored by the revision ORM and the PRM, one file per batch of problems
+  (eval_revisions)."""
+  return make(workdir, f'revisions/{config.model_name}/{split_label(config)}/'
+              f'on_{backbone_name(config)}', 'eval_revisions',
               values(config, 'revision', 'eval_revisions.budget', 'eval_revisions.max_problems',
                      'eval_revisions.seed', 'calibrate.num_bins'),
               [revision_model(config, workdir), revision_verifier(config, workdir),
@@ -257,9 +259,10 @@ def revision_chains(config: ml_collections.ConfigDict, workdir: str) -> Artifact
 
 
 def revision_eval(config: ml_collections.ConfigDict, workdir: str) -> Artifact:
-  """eval_revisions/<model>/<split>: pass@1 per revision step, sequential vs parallel, the
-  ratio sweep (revisions.json), per_problem.npz, the paper's Figures 6 and 7."""
-  return make(workdir, f'eval_revisions/{config.model_name}/{split_label(config)}',
+  """eval_revisions/<model>/<split>/on_<backbone>: pass@1 per revision step, sequential vs
+  parallel, the ratio sweep (revisions.json), per_problem.npz, the paper's Figures 6 and 7."""
+  return make(workdir, f'eval_revisions/{config.model_name}/{split_label(config)}/'
+              f'on_{backbone_name(config)}',
               'eval_revisions', values(config, 'eval_revisions', 'calibrate.num_bins'),
               [revision_chains(config, workdir), calibration(config, workdir),
                data(config, workdir)])

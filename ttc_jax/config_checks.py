@@ -125,7 +125,7 @@ RULES: list[tuple[str, Rule]] = [
     ('revision_data.problems', COUNT), ('revision_data.num_samples', COUNT),
     ('revision_data.temperature', NONNEG), ('revision_data.max_new_tokens', COUNT),
     ('revision_data.max_incorrect', NATURAL), ('revision_data.max_per_problem', COUNT),
-    ('revision_data.problems_per_shard', COUNT),
+    ('revision_data.problems_per_shard', COUNT), ('revision_data.use_gold', _bool),
     *((f'train_revision.{k}', r) for k, r in TRAINER), ('train_revision.packing', _bool),
     ('train_revision.pack_len', COUNT),
     ('revision.window', COUNT), ('revision.max_new_tokens', COUNT),

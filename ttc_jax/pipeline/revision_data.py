@@ -3,7 +3,8 @@
 Training problems only (the first config.revision_data.problems of the task's train split):
 K samples each from the proposer at revision_data.temperature, graded, turned into trajectories
 by `revision.trajectories.build` (incorrect attempts chosen by edit distance, closest last, then
-the correct one). Layout under revision_data/<model>/ (`artifacts.revision_data`):
+the correct one). With revision_data.use_gold, a problem none of whose samples is right ends its
+trajectory in the reference solution instead (the tiny test config, whose model solves nothing). Layout under revision_data/<model>/ (`artifacts.revision_data`):
   shards/train-00000.json ...   one per problems_per_shard problems, atomic; a rerun skips those
                                 that exist, so a kill loses at most one shard
   tfds/revision_trajectories/   the dataset, built from the shards once all exist
@@ -100,9 +101,13 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
       samples = [trajectories.Sample(ids=r, text=t, correct=arith.grade(t, p.answer))
                  for r, t in zip(rows, texts)]
       num_correct += sum(s.correct for s in samples)
+      gold = None
+      if d.use_gold:
+        ids = common.encode_example(tok, p)[1]
+        gold = trajectories.Sample(ids=ids, text=tok.decode(ids), correct=True)
       recs += [t.to_record() for t in trajectories.build(
           p.id, p.num_ops, p.answer, prompt, samples, rng, max_incorrect=d.max_incorrect,
-          max_per_problem=d.max_per_problem)]
+          max_per_problem=d.max_per_problem, gold=gold)]
       sampled += sum(len(r) for r in rows)
     wd.atomic_write_json(_shard_path(config, workdir, shard), {
         'problems': len(batch), 'samples': len(batch) * d.num_samples,

@@ -17,8 +17,9 @@ from absl import logging
 from ttc_jax import artifacts
 from ttc_jax import manifest
 from ttc_jax.errors import UserError
-from ttc_jax.pipeline import (calibrate, data, eval_search, eval_verifiers, import_model, prm_data, real_eval,
-                              sample, sft, tokenizer, train_base, train_prm)
+from ttc_jax.pipeline import (calibrate, data, eval_revisions, eval_search, eval_verifiers,
+                              import_model, prm_data, real_eval, revision_data, sample, sft,
+                              tokenizer, train_base, train_prm, train_revision, train_revision_orm)
 from ttc_jax.sampling import demo
 
 Outputs = Callable[[ml_collections.ConfigDict, str], list[manifest.Artifact]]
@@ -55,6 +56,14 @@ ARITH = (
           eval_verifiers.run, eval_verifiers.outputs),
     Stage('eval_search', 'PRM-guided search (best-of-N, beam, lookahead, DVTS) per budget and '
           'bin', eval_search.run, eval_search.outputs),
+    Stage('revision_data', 'revision trajectories (incorrect attempts, then a correct one) '
+          'from samples of training problems', revision_data.run, revision_data.outputs),
+    Stage('train_revision', 'SFT of the revision model from the proposer on the trajectories',
+          train_revision.run, train_revision.outputs),
+    Stage('train_revision_orm', "an ORM on the revision model's own attempts",
+          train_revision_orm.run, train_revision_orm.outputs),
+    Stage('eval_revisions', 'revision chains: pass@1 per step, sequential vs parallel, the '
+          'ratio sweep per bin', eval_revisions.run, eval_revisions.outputs),
 )
 REAL = (
     Stage('import_model', 'a real checkpoint (GGUF or HF safetensors) into models/',

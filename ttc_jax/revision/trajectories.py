@@ -59,14 +59,17 @@ class Trajectory:
 
 def build(problem_id: str, num_ops: int, answer: int, prompt_ids: Sequence[int],
           samples: Sequence[Sample], rng: np.random.Generator, *, max_incorrect: int,
-          max_per_problem: int) -> list[Trajectory]:
+          max_per_problem: int, gold: Sample | None = None) -> list[Trajectory]:
   """The trajectories of one problem: one per distinct correct sample text (the first
-  `max_per_problem`, in sample order); none when no sample is correct."""
+  `max_per_problem`, in sample order); when no sample is correct, one ending in `gold` (the
+  reference solution) if given, else none."""
   correct, seen = [], set()
   for s in samples:
     if s.correct and s.text not in seen:
       seen.add(s.text)
       correct.append(s)
+  if not correct and gold is not None:
+    correct = [gold]
   wrong, seen = [], set()
   for s in samples:
     if not s.correct and s.text not in seen:
