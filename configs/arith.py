@@ -86,11 +86,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # (correct) attempt only; rows packed to max_len (the longest possible trajectory: a prompt
   # and 5 attempts of revision_data.max_new_tokens, plus their separators).
   c.train_revision = trainer.default_config()
-  c.train_revision.update(dict(steps=300, batch_size=4, learning_rate=5e-4, warmup_steps=20,
+  c.train_revision.update(dict(steps=600, batch_size=4, learning_rate=2e-4, warmup_steps=20,
                                log_every=50, checkpoint_every=100))
   c.train_revision.max_len = 1536
   c.train_revision.packing = True
   c.train_revision.pack_len = 512  # how full a packed row is filled (docs/revisions.md)
+  # Plain base-task examples mixed in, as a fraction of the trajectories (docs/revisions.md).
+  c.train_revision.replay = 1.0
   # Chains of the revision model (train_revision_orm's samples, eval_revisions): each attempt
   # sees the `window` most recent earlier ones.
   c.revision = ml_collections.ConfigDict(dict(
@@ -138,10 +140,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                                  checkpoint_every=5))
     c.train_revision.max_len = 384
     c.train_revision.pack_len = 128
-    c.revision.update(dict(max_new_tokens=64, rows_per_batch=64))
+    # Window 2: the window slides (a fresh prefill) at attempt 4, the longest tiny chain.
+    c.revision.update(dict(window=2, max_new_tokens=64, rows_per_batch=20))
     c.revision_orm.update(dict(problems=16, validation_problems=4, chains=2, length=2))
-    c.eval_revisions.update(dict(budget=8, budgets=(2, 4, 8), ratio_budgets=(8,),
-                                 max_problems=10))
+    c.eval_revisions.update(dict(budget=4, budgets=(2, 4), ratio_budgets=(4,), max_problems=10))
   elif variant == 'gpu':
     c.task.update(dict(train_size=200_000))
     c.train.update(dict(steps=20_000, batch_size=256))

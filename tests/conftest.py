@@ -50,3 +50,12 @@ def full_run(tmp_path_factory):
   assert result.returncode == 0, result.stderr[-2000:]
   (workdir / '.console.log').write_text(result.stderr)
   return workdir
+
+
+def pytest_collection_modifyitems(config, items):
+  """Under pytest-xdist (`-n 2 --dist loadgroup`, pyproject.toml): every test reading the shared
+  tiny run on one worker, so it is built once; the others stay with their module, so module
+  fixtures and in-process compilations are made once."""
+  for item in items:
+    group = 'full_run' if 'full_run' in item.fixturenames else item.module.__name__
+    item.add_marker(pytest.mark.xdist_group(group))

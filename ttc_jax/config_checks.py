@@ -127,7 +127,7 @@ RULES: list[tuple[str, Rule]] = [
     ('revision_data.max_incorrect', NATURAL), ('revision_data.max_per_problem', COUNT),
     ('revision_data.problems_per_shard', COUNT), ('revision_data.use_gold', _bool),
     *((f'train_revision.{k}', r) for k, r in TRAINER), ('train_revision.packing', _bool),
-    ('train_revision.pack_len', COUNT),
+    ('train_revision.pack_len', COUNT), ('train_revision.replay', NONNEG),
     ('revision.window', COUNT), ('revision.max_new_tokens', COUNT),
     ('revision.temperature', NONNEG), ('revision.top_k', NATURAL), ('revision.top_p', TOP_P),
     ('revision.rows_per_batch', COUNT),

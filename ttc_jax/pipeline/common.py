@@ -68,3 +68,13 @@ def load_difficulty(config: ml_collections.ConfigDict, workdir: str, stage: str)
   manifest.require(a, stage)
   bins = wd.read_json(a.file('difficulty.json'), stage=a.stage)['bins']
   return {k: int(v) for k, v in bins.items()}
+
+
+def attempt_tokens(config: ml_collections.ConfigDict, problems: list[arith.Problem],
+                   limit: int) -> int:
+  """The sampling length for these problems' attempts: the longest correct solution any of
+  them allows (`arith.solution_length_bound`, plus EOS), rounded up to 32 (few compiled shapes),
+  at most `limit`. Sampling stops when every row has ended, so a single runaway attempt would
+  otherwise make every row of a batch decode to `limit`."""
+  bound = max(arith.solution_length_bound(p.question, config.task.max_value) for p in problems)
+  return min(limit, -(-(bound + 1) // 32) * 32)

@@ -101,7 +101,8 @@ def _run_batch(config, batch, tok, model, params, scorer, orm, prm, key) -> tupl
   lengths = analysis.chain_lengths(config.eval_revisions.budget)
   prompts = [common.encode_example(tok, p)[0] for p in batch]
   res = chains.run_chains(model, params, prompts, lengths, key, eos_id=tok.eos_id,
-                          max_new_tokens=r.max_new_tokens, temperature=r.temperature,
+                          max_new_tokens=common.attempt_tokens(config, batch, r.max_new_tokens),
+                          temperature=r.temperature,
                           top_k=r.top_k, top_p=r.top_p, window=r.window,
                           rows_per_batch=max(r.rows_per_batch, len(batch) * len(lengths)))
   flat = [(pi, ci, j) for pi, cs in enumerate(res.attempts) for ci, a in enumerate(cs)

@@ -90,7 +90,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
     batch = problems[shard * d.problems_per_shard:(shard + 1) * d.problems_per_shard]
     prompts = [common.encode_example(tok, p)[0] for p in batch]
     key = jax.random.fold_in(jax.random.key(config.seed), shard)
-    out = sampler.sample(params, prompts, key=key, max_new_tokens=d.max_new_tokens,
+    out = sampler.sample(params, prompts, key=key,
+                         max_new_tokens=common.attempt_tokens(config, batch, d.max_new_tokens),
                          num_samples=d.num_samples, temperature=d.temperature)
     seqs = out.sequences()
     rng = np.random.default_rng([config.seed, shard])

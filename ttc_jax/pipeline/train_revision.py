@@ -34,25 +34,32 @@ def outputs(config: ml_collections.ConfigDict, workdir: str) -> list[manifest.Ar
 
 
 def examples(config: ml_collections.ConfigDict, workdir: str, stage: str
-             ) -> tuple[data.Examples, int]:
-  """(the SFT rows, packed or one per row per train_revision.packing; the trajectory count)."""
+             ) -> tuple[data.Examples, int, int]:
+  """(the SFT rows, packed or one per row per train_revision.packing; the trajectory count;
+  the replayed plain examples)."""
   tok = common.load_tokenizer(config, workdir, stage)
   pairs = [t.example(tok.eos_id, config.revision.window)
            for t in revision_data.load_trajectories(config, workdir, stage)]
   cfg = config.train_revision
-  contexts, targets = [c for c, _ in pairs], [t for _, t in pairs]
+  # Replay: plain problem -> reference solution examples of the base task (the first training
+  # problems, which revision_data also samples), so the fine-tune stays a solver.
+  num_replay = int(round(cfg.replay * len(pairs)))
+  replay = [common.encode_example(tok, p) for p in common.load_problems(
+      config, workdir, 'train', stage)[:num_replay]]
+  contexts = [c for c, _ in pairs] + [p for p, _ in replay]
+  targets = [t for _, t in pairs] + [c for _, c in replay]
   if cfg.packing:
     ex = data.pack_segments(contexts, targets, cfg.max_len, row_len=cfg.pack_len,
                             max_len_key='train_revision.max_len')
   else:
     ex = data.pack(contexts, targets, cfg.max_len, max_len_key='train_revision.max_len')
-  return ex, len(pairs)
+  return ex, len(pairs), num_replay
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> None:
   cfg, name = config.train_revision, artifacts.revision_model_name(config)
   target = artifacts.revision_model(config, workdir)
-  ex, num_trajectories = examples(config, workdir, STAGE)
+  ex, num_trajectories, num_replay = examples(config, workdir, STAGE)
   model, params = train_base.load_model(config, workdir, config.model_name, STAGE)
   real = (ex.tokens != 0).sum(axis=1)
   logging.info('%s: %s from %s, %d rows (%s, %.0f real tokens per row of %d), %d steps of %d',
@@ -69,7 +76,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
   wd.atomic_write_json(target.file('info.json'), {
       'model': name, 'kind': 'revision', 'init_from': config.model_name, 'num_params': n_params,
       'steps': cfg.steps, 'batch_size': cfg.batch_size, 'packing': cfg.packing,
-      'rows': ex.size, 'trajectories': num_trajectories,
+      'rows': ex.size, 'trajectories': num_trajectories, 'replay_examples': num_replay,
       'loss_tokens_per_row': float(ex.loss_mask.sum(axis=1).mean()),
       'real_tokens_per_row': float(real.mean()), 'padding_fraction': float(1 - real.mean() / cfg.max_len),
       'tokens_seen': tokens_seen, 'real_tokens_per_s': rate * cfg.batch_size * float(real.mean()),

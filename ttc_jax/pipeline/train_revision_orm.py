@@ -56,26 +56,33 @@ def _sample(config, workdir: str, problems: list[arith.Problem]) -> list[dict]:
   model, params = load_revision_model(config, workdir, STAGE)
   tok = common.load_tokenizer(config, workdir, STAGE)
   prompts = [common.encode_example(tok, p)[0] for p in problems]
-  t0 = time.perf_counter()
-  progress = lambda done, total: logging.info('%s: %d/%d attempts, %.0fs', STAGE, done, total,
-                                              time.perf_counter() - t0)
-  res = chains.run_chains(model, params, prompts, [o.length] * o.chains,
-                          jax.random.key(config.seed), eos_id=tok.eos_id,
-                          max_new_tokens=r.max_new_tokens, temperature=r.temperature,
-                          top_k=r.top_k, top_p=r.top_p, window=r.window,
-                          rows_per_batch=r.rows_per_batch, progress=progress)
+  t0, attempts_of, seconds = time.perf_counter(), [], 0.0
+  # Batches of similar problems, each sampled only as long as its longest correct solution.
+  per = max(1, r.rows_per_batch // o.chains)
+  for b, start in enumerate(range(0, len(problems), per)):
+    batch = problems[start:start + per]
+    res = chains.run_chains(model, params, prompts[start:start + per], [o.length] * o.chains,
+                            jax.random.fold_in(jax.random.key(config.seed), b),
+                            eos_id=tok.eos_id,
+                            max_new_tokens=common.attempt_tokens(config, batch, r.max_new_tokens),
+                            temperature=r.temperature, top_k=r.top_k, top_p=r.top_p,
+                            window=r.window, rows_per_batch=r.rows_per_batch)
+    attempts_of += res.attempts
+    seconds += res.seconds
+    logging.info('%s: %d/%d problems sampled, %.0fs', STAGE, start + len(batch), len(problems),
+                 time.perf_counter() - t0)
   out = []
-  for p, prompt, problem_chains in zip(problems, prompts, res.attempts):
+  for p, prompt, problem_chains in zip(problems, prompts, attempts_of):
     for c, attempts in enumerate(problem_chains):
       for j, ids in enumerate(attempts):
         text = tok.decode(ids)
         out.append({'problem_id': p.id, 'num_ops': p.num_ops, 'answer': p.answer, 'chain': c,
-                    'step': j + 1, 'problem_ids': prompt, 'prompt_ids': verifier_prompt(prompt, attempts[:j], config,
-                                                                 tok.eos_id),
+                    'step': j + 1, 'problem_ids': prompt,
+                    'prompt_ids': verifier_prompt(prompt, attempts[:j], config, tok.eos_id),
                     'completion_ids': ids, 'completion': text,
                     'correct': arith.grade(text, p.answer)})
-  logging.info('%s: %d attempts in %.0fs (%.1f attempts/s)', STAGE, len(out), res.seconds,
-               len(out) / max(res.seconds, 1e-9))
+  logging.info('%s: %d attempts in %.0fs (%.1f attempts/s)', STAGE, len(out), seconds,
+               len(out) / max(seconds, 1e-9))
   return out
 
 

@@ -200,6 +200,19 @@ def split_steps(completion: str) -> list[str]:
   return steps[:-1] if steps[-1] == '' else steps
 
 
+def solution_length_bound(question: str, max_value: int = MAX_VALUE) -> int:
+  """An upper bound on the characters of any correct solution of `question`, from the question
+  alone: each of its steps is a value within +-max_value followed by a suffix of the question,
+  the last the answer line, all joined by delimiters. A tokenizer whose pieces are at least one
+  character (ours) needs at most this many tokens, plus EOS; an attempt longer is wrong."""
+  expr = _parse(question)
+  if expr is None:
+    raise ValueError(f'{question!r} is not an arith expression')
+  value = len(str(-max_value))
+  steps = len(expr[1])
+  return (steps - 1) * (value + len(question) + len(STEP_DELIMITER)) + len(answer_line(-max_value))
+
+
 def extract_answer(completion: str) -> str | None:
   """The integer on the answer line, as a canonical string, or None without a well-formed one."""
   steps = split_steps(completion)
