@@ -48,10 +48,11 @@ def _greedy(reprefill: bool) -> chains.ChainResult:
 def test_context_keeps_last_window_attempts_each_closed_by_one_eos():
   e = 1
   attempts = [[10, e], [11, 12], [13, e], [14], [15, 16, e], [17]]
+  # Each attempt closed by one EOS, then the prompt again without its BOS (2).
   assert chains.context_tokens([2, 5], [], eos_id=e) == [2, 5]
-  assert chains.context_tokens([2, 5], attempts[:2], eos_id=e) == [2, 5, 10, e, 11, 12, e]
+  assert chains.context_tokens([2, 5], attempts[:2], eos_id=e) == [2, 5, 10, e, 5, 11, 12, e, 5]
   assert chains.context_tokens([2, 5], attempts, eos_id=e) == [
-      2, 5, 13, e, 14, e, 15, 16, e, 17, e]
+      2, 5, 13, e, 5, 14, e, 5, 15, 16, e, 5, 17, e, 5]
   assert chains.context_tokens([2], attempts, eos_id=e, window=1) == [2, 17, e]
   assert chains.context_tokens([2], [[e]], eos_id=e) == [2, e]  # an empty attempt: EOS alone
   with pytest.raises(ConfigError, match='window=0'):
@@ -110,8 +111,8 @@ def test_counts():
       for j in range(len(chain)):
         context = len(chains.context_tokens(prompt, chain[:j], eos_id=EOS, window=WINDOW))
         baseline += context
-        if 1 <= j <= WINDOW:
-          expected += 1 if chain[j - 1][-1] == EOS else 2
+        if 1 <= j <= WINDOW:  # pending token (+ EOS), the prompt again without BOS
+          expected += (1 if chain[j - 1][-1] == EOS else 2) + len(prompt) - 1
         elif j > WINDOW:
           expected += context
   assert ours.prefill_tokens == expected
@@ -137,8 +138,9 @@ def test_rounds_continue_caches_and_compact_rows(monkeypatch):
   per_batch = [(2, False, 3, 2), (4, True, 1, 4), (4, True, 1, 4), (2, True, 1, 2),
                (2, True, 1, 2), (2, False, 1, 2), (2, False, 1, 2)]
   assert [c[:1] + c[2:] for c in calls] == per_batch * 2
-  # A continued round feeds a 2-token chunk (pending token, EOS), never the context again.
-  assert [c[1] for c in calls if c[2]] == [2] * 8
+  # A continued round feeds one chunk (pending token, EOS, the question line: <= 11 tokens,
+  # bucket 16), never the earlier attempts again.
+  assert [c[1] for c in calls if c[2]] == [16] * 8
   assert [calls[0][1], calls[7][1]] == [16, 16]  # the prompt bucket
   total = 4 * sum(LENGTHS)
   assert seen[-1] == (total, total) and len(seen) == 14

@@ -39,9 +39,10 @@ def test_trajectory_takes_the_k_closest_incorrect_attempts_closest_last():
   assert four.distances == sorted(four.distances, reverse=True) == [12, 4, 2, 1]
   assert four.incorrect[-1] == wrong[0].ids and four.correct == right.ids
   assert by_k[2].incorrect == [wrong[1].ids, wrong[0].ids]  # the 2 closest, closest last
-  # The training row is the chain context (problem, attempts each closed by one EOS) + target.
+  # The training row is the chain context (problem; attempts, each closed by one EOS and the
+  # problem again without BOS) + target.
   context, target = by_k[1].example(EOS, window=4)
-  assert context == [2, 5] + wrong[0].ids and target == right.ids
+  assert context == [2, 5] + wrong[0].ids + [5] and target == right.ids
   assert trajectories.build('p', 3, 9, [2], wrong, np.random.default_rng(0), max_incorrect=4,
                             max_per_problem=2) == []  # nothing correct: no trajectory
   stats = trajectories.statistics(list(by_k.values()), 1, EOS, 4)
@@ -139,3 +140,15 @@ def test_revision_stages_in_the_tiny_pipeline(full_run, tmp_path):
   assert result.returncode == 0, result.stderr[-2000:]
   assert batches[0].exists() and {p: p.read_bytes() for p in kept} == kept
   assert 'eval_revisions: batch 1/' in result.stderr and 'batch 2/' not in result.stderr
+
+
+def test_attempt_length_bound_holds_for_every_solution():
+  """Attempts are sampled only as long as the longest correct solution the question allows:
+  the bound must never cut a correct one (and is tight for one-operation questions)."""
+  from ttc_jax.tasks import arith
+  problems = arith.generate(3000, seed=3, num_ops_range=(1, 12))
+  for p in problems:
+    assert len(arith.format_solution(p.steps)) <= arith.solution_length_bound(p.question)
+  assert arith.solution_length_bound('7+9') == len('#### -99')
+  with pytest.raises(ValueError, match='not an arith expression'):
+    arith.solution_length_bound('7+')

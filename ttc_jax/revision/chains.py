@@ -3,16 +3,20 @@ one sampler call per round; a chain's next attempt is conditioned on its most re
 
 Context format (the revision model's training rows use the same, `context_tokens`):
 
-  prompt (BOS first, e.g. `<bos>Q: 3+4*2\\n`), then each of the last <= `window` earlier attempts'
-  tokens followed by ONE EOS as separator, then the new attempt.
+  prompt (BOS first, e.g. `<bos>Q: 3+4*2\n`), then each of the last <= `window` earlier attempts'
+  tokens followed by ONE EOS and the prompt again without its BOS, then the new attempt:
 
-An attempt's sampled EOS is its separator; one cut at max_new_tokens gets an EOS appended. So
-context(prompt, attempts) = prompt + concat(strip_eos(a) + [eos] for a in attempts[-window:]).
+  <bos>Q: 3+4*2\n attempt_1 <eos>Q: 3+4*2\n attempt_2 <eos>Q: 3+4*2\n new attempt
+
+So every attempt, the new one included, starts right after the question, as a first attempt
+does: the separator is EOS + the question line. An attempt's sampled EOS is its separator's
+first token; one cut at max_new_tokens gets an EOS appended.
 
 Round j samples attempt j of every chain still running (`run_chains`): round 1 prefills each
 prompt once, fanned out to its chains; rounds 2..window+1 continue each row's own KV cache (the
-chunk is the pending last token, plus an EOS when the attempt did not end with one); from round
-window+2 on the window slides, so each live row's context is prefilled into a fresh cache.
+chunk is the pending last token, an EOS when the attempt did not end with one, and the question
+line); from round window+2 on the window slides, so each live row's context is prefilled into a
+fresh cache.
 """
 
 from __future__ import annotations
@@ -35,12 +39,13 @@ from ttc_jax.search.beams import GATHER_QUANTUM
 
 def context_tokens(prompt: Sequence[int], attempts: Sequence[Sequence[int]], *, eos_id: int,
                    window: int = 4) -> list[int]:
-  """prompt + each of the last `window` attempts closed by exactly one EOS."""
+  """prompt + each of the last `window` attempts closed by exactly one EOS and followed by the
+  prompt again without its first (BOS) token."""
   if window < 1:
     raise ConfigError(f'revision window={window}; expected >= 1')
   out = list(prompt)
   for a in list(attempts)[-window:]:
-    out += list(a[:-1] if len(a) and a[-1] == eos_id else a) + [eos_id]
+    out += list(a[:-1] if len(a) and a[-1] == eos_id else a) + [eos_id] + list(prompt[1:])
   return out
 
 
@@ -153,9 +158,10 @@ class _Run:
     plens = np.array([len(p) for p in prompts] + [1] * (n_pad - n_real), np.int32)
     t_p = sampler.bucket_length(int(plens.max()))
     # Rows share one write index: round 1 takes the prompt bucket and up to m - 1 decode slots,
-    # each continued round a 2-token chunk and m - 1 decode slots.
-    cache_size = t_p + m + min(window, longest - 1) * (m + 1)
-    context_cap = t_p + window * (m + 1)
+    # each continued round a chunk (pending token, EOS, the question line) and m - 1 decode slots.
+    t_c = sampler.bucket_length(1 + int(plens.max()))
+    cache_size = t_p + m + min(window, longest - 1) * (t_c + m - 1)
+    context_cap = t_p + window * (m + int(plens.max()))
     # rows[r]: the chain (problem * C + chain) in row r, -1 for padding.
     rows = np.array([p * c_count + c if p < n_real else -1 for p in range(n_pad)
                      for c in range(c_count)])
@@ -203,10 +209,16 @@ class _Run:
         if source is not None:
           used = min(cache.size, -(-int(cache.end_index) // GATHER_QUANTUM) * GATHER_QUANTUM)
           cache = _take_rows(cache, jnp.asarray(source, jnp.int32), used=used)
-        ended = pending == self.eos_id  # the attempt sampled its EOS: it is the separator
-        chunk = np.stack([pending, np.full_like(pending, self.eos_id)], axis=1).astype(np.int32)
-        out = self.generate(chunk, np.where(ended, 1, 2).astype(np.int32), active, key_j, cache,
-                            num_samples=1, cache_size=cache_size)
+        # The separator: EOS (the attempt's own, when it sampled one) and the question line.
+        chunk = np.full((len(rows), t_c), self.eos_id, np.int32)
+        lens = np.ones(len(rows), np.int32)
+        for r, cid in enumerate(rows):
+          prompt = prompts[cid // c_count] if cid >= 0 else prompts[0]
+          head = [int(pending[r])] + ([] if pending[r] == self.eos_id else [self.eos_id])
+          seq = head + list(prompt[1:])
+          chunk[r, :len(seq)], lens[r] = seq, len(seq)
+        out = self.generate(chunk, lens, active, key_j, cache, num_samples=1,
+                            cache_size=cache_size)
       pending = record(out, active)
 
 
