@@ -108,9 +108,20 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.eval_revisions = ml_collections.ConfigDict(dict(
       budget=64, budgets=(4, 8, 16, 32, 64), ratio_budgets=(16, 64), max_problems=100,
       seed=0))
+  # Difficulty bins (stage difficulty): oracle, predicted (the mean PRM final-answer score over
+  # the sample pool) and deployable (that mean over the first deploy_k samples only; its cost is
+  # charged to the budget).
+  c.difficulty = ml_collections.ConfigDict(dict(deploy_k=4))
+  # The compute-optimal policy (stage policy): per bin and budget the best strategy on one of
+  # `folds` folds of the problems, scored on the others (seeded); the exchange against `large`
+  # run greedily, at R = D_inference / D_pretrain of the paper's Figure 9.
+  c.policy = ml_collections.ConfigDict(dict(folds=2, seed=0, large='large',
+                                            ratios=(0.16, 0.79, 22.0)))
 
   if variant == 'large':
     c.train.update(dict(learning_rate=1e-3))
+    # The exchange compares the small model's test-time compute with one greedy answer each.
+    c.sample.update(dict(num_samples=1, temperature=0.0))
   elif variant == 'tiny':
     c.task.update(dict(train_size=400, validation_size=20, test_size=20, num_ops_max=4))
     c.models.base.update(dict(embed_dim=32, hidden_dim=64, num_heads=2, head_dim=16,
@@ -144,6 +155,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.revision.update(dict(window=2, max_new_tokens=64, rows_per_batch=20))
     c.revision_orm.update(dict(problems=16, validation_problems=4, chains=2, length=2))
     c.eval_revisions.update(dict(budget=4, budgets=(2, 4), ratio_budgets=(4,), max_problems=10))
+    c.difficulty.update(dict(deploy_k=2))
   elif variant == 'gpu':
     c.task.update(dict(train_size=200_000))
     c.train.update(dict(steps=20_000, batch_size=256))

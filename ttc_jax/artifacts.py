@@ -10,7 +10,7 @@ import os
 import ml_collections
 
 from ttc_jax.errors import UserError
-from ttc_jax.manifest import Artifact, foreign, make, values
+from ttc_jax.manifest import Artifact, digest, foreign, make, values
 
 VERIFIER_KINDS = ('prm', 'orm')
 
@@ -268,10 +268,56 @@ def revision_eval(config: ml_collections.ConfigDict, workdir: str) -> Artifact:
                data(config, workdir)])
 
 
-# Reserved for the stages still to come (difficulty, policy, report): the directory each will
-# declare here as it is built, so the layout stays one place.
-PLANNED = {
-    'difficulty': ('difficulty', 'difficulty/<model>/<split>'),
-    'policy': ('policy', 'policy/<model>/<split>'),
-    'report': ('report', 'report'),
-}
+def difficulty(config: ml_collections.ConfigDict, workdir: str) -> Artifact:
+  """difficulty/<model>/<split>: oracle, predicted and deployable difficulty bins per problem,
+  with the predictors' costs (stage difficulty)."""
+  return make(workdir, f'difficulty/{config.model_name}/{split_label(config)}', 'difficulty',
+              values(config, 'difficulty', 'calibrate.num_bins'),
+              [samples(config, workdir), verifier_scores(config, workdir, 'prm'),
+               calibration(config, workdir), model(config, workdir),
+               model(config, workdir, backbone_name(config)), tokenizer(config, workdir),
+               data(config, workdir)])
+
+
+def large_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The config the exchange's larger model (config.policy.large) is trained and sampled under:
+  this one with model_name set to it (configs/arith.py:large)."""
+  name = config.policy.large
+  if name not in config.models:
+    raise UserError(f'--config.policy.large={name!r} is not a model of this config; expected one '
+                    f'of {sorted(config.models)}')
+  derived = config.copy_and_resolve_references()
+  derived.model_name = name
+  return derived
+
+
+def large_results(config: ml_collections.ConfigDict, workdir: str) -> list[Artifact]:
+  """The larger model's checkpoint info, greedy samples and calibration, as inputs made under its
+  own config: only when its calibration is done in this workdir (the exchange then uses them,
+  and a policy made before they existed is stale)."""
+  large = large_config(config)
+  found = [foreign(model(large, workdir)), foreign(samples(large, workdir)),
+           foreign(calibration(large, workdir))]
+  return found if digest(found[-1]) is not None else []
+
+
+def policy(config: ml_collections.ConfigDict, workdir: str) -> Artifact:
+  """policy/<model>/<split>: the compute-optimal policy per difficulty bin and budget (2-fold
+  cross-validated), its accuracy vs budget, the FLOPs of every strategy and the exchange
+  against the larger model (stage policy)."""
+  return make(workdir, f'policy/{config.model_name}/{split_label(config)}', 'policy',
+              values(config, 'policy', 'difficulty', 'calibrate.num_bins'),
+              [difficulty(config, workdir), search_eval(config, workdir),
+               *(search_runs(config, workdir, m) for m in config.search.methods),
+               revision_eval(config, workdir), revision_chains(config, workdir),
+               model(config, workdir), revision_model(config, workdir),
+               *large_results(config, workdir)])
+
+
+def report(config: ml_collections.ConfigDict, workdir: str) -> Artifact:
+  """report/: REPORT.md and its figures, from every result of the run (stage report)."""
+  return make(workdir, 'report', 'report', {'config': config.to_json_best_effort(sort_keys=True)},
+              [policy(config, workdir), difficulty(config, workdir), calibration(config, workdir),
+               verifier_eval(config, workdir), search_eval(config, workdir),
+               revision_eval(config, workdir), revision_model(config, workdir),
+               revision_verifier(config, workdir)])

@@ -137,6 +137,7 @@ RULES: list[tuple[str, Rule]] = [
     ('eval_revisions.budget', COUNT), ('eval_revisions.budgets', _ints(1)),
     ('eval_revisions.ratio_budgets', _ints(1)), ('eval_revisions.max_problems', NATURAL),
     ('eval_revisions.seed', NATURAL),
+    ('difficulty.deploy_k', COUNT), ('policy.folds', COUNT), ('policy.seed', NATURAL),
     ('sft.max_len', COUNT),
     *((f'sft.train.{k}', r) for k, r in TRAINER),
     *((f'sampling.{k}', r) for k, r in SAMPLING),
@@ -203,6 +204,8 @@ def _check_arith(c: ml_collections.ConfigDict) -> None:
     _check_search(c)
   if 'eval_revisions' in c:
     _check_revisions(c)
+  if 'policy' in c:
+    _check_policy(c)
   if 'prm_data' in c:
     for split in ('train', 'validation'):
       _at_most(f'prm_data.{split}_problems', c.prm_data[f'{split}_problems'],
@@ -247,6 +250,16 @@ def _check_revisions(c: ml_collections.ConfigDict) -> None:
   if 0 < e.max_problems < c.calibrate.num_bins:
     _fail('eval_revisions.max_problems', e.max_problems, f'0 (all) or >= '
           f'--config.calibrate.num_bins={c.calibrate.num_bins} (the same number from each bin)')
+
+
+def _check_policy(c: ml_collections.ConfigDict) -> None:
+  """The deployable predictor's samples exist; the larger model and the ratios are valid."""
+  from ttc_jax.pipeline import difficulty, policy  # pylint: disable=g-import-not-at-top
+  difficulty.check(c)
+  policy.check(c)
+  if c.policy.large not in c.models:
+    _fail('policy.large', c.policy.large, f'one of the models of --config.models: '
+          f'{_choices(list(c.models.keys()))}')
 
 
 def _check_real(c: ml_collections.ConfigDict) -> None:

@@ -238,12 +238,20 @@ def begin(outputs: list[Artifact], stage: str, rebuild_stale: bool) -> bool:
   return True
 
 
-def finish(outputs: list[Artifact]) -> None:
+def finish(outputs: list[Artifact], seconds: float | None = None) -> None:
+  """Marks `outputs` complete; `seconds`, the stage run that finished them, is recorded (the
+  report's stage times)."""
   for a in outputs:
-    _write_manifest(a, complete=True)
+    _write_manifest(a, complete=True, seconds=seconds)
 
 
-def _write_manifest(a: Artifact, complete: bool) -> None:
+def seconds(a: Artifact) -> float | None:
+  """How long the stage run that finished `a` took (None: not recorded, or not finished)."""
+  m, _ = _try_manifest(a)
+  return m.get('seconds') if m and m['complete'] else None
+
+
+def _write_manifest(a: Artifact, complete: bool, seconds: float | None = None) -> None:
   if a.values is None:
     raise UserError(f'{a.name} is an input made under another config; it cannot be made here')
   inputs = _input_digests(a)
@@ -251,4 +259,5 @@ def _write_manifest(a: Artifact, complete: bool) -> None:
   wd.atomic_write_json(a.file(MANIFEST), {
       'artifact': a.name, 'stage': a.stage, 'values': a.values, 'inputs': inputs,
       'digest': hashlib.sha256(key.encode()).hexdigest()[:16], 'complete': complete,
-      'files': _files(a.path) if complete else {}})
+      'files': _files(a.path) if complete else {},
+      **({'seconds': round(seconds, 1)} if seconds is not None else {})})

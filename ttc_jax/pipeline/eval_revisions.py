@@ -84,7 +84,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
                             eos_id=tok.eos_id)
     t0, done = time.perf_counter(), 0
     for i in todo:
-      recs, stats = _run_batch(config, batches[i], tok, model, params, scorer, orm, prm,
+      recs, stats = run_batch(config, batches[i], tok, model, params, scorer, orm, prm,
                                jax.random.fold_in(jax.random.key(config.eval_revisions.seed), i))
       wd.atomic_write_json(_batch_path(config, workdir, i), {'problems': recs, **stats})
       done += len(batches[i])
@@ -96,9 +96,13 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
   summarize(config, workdir, problems, bins, len(batches))
 
 
-def _run_batch(config, batch, tok, model, params, scorer, orm, prm, key) -> tuple[list, dict]:
+def run_batch(config, batch, tok, model, params, scorer, orm, prm, key,
+              lengths: list[int] | None = None) -> tuple[list, dict]:
+  """Chains of the revision model on `batch` (chain i runs lengths[i] attempts; default the
+  nested chains of eval_revisions.budget), each attempt graded and scored by the revision ORM
+  and the PRM: (per problem {id, num_ops, chains: [[attempt]]}, batch statistics)."""
   r = config.revision
-  lengths = analysis.chain_lengths(config.eval_revisions.budget)
+  lengths = lengths or analysis.chain_lengths(config.eval_revisions.budget)
   prompts = [common.encode_example(tok, p)[0] for p in batch]
   res = chains.run_chains(model, params, prompts, lengths, key, eos_id=tok.eos_id,
                           max_new_tokens=common.attempt_tokens(config, batch, r.max_new_tokens),
@@ -135,7 +139,13 @@ def _run_batch(config, batch, tok, model, params, scorer, orm, prm, key) -> tupl
                 'prefills': res.prefills, 'verifier_tokens': verifier_tokens}
 
 
-def _load(config, workdir: str, problems, num_batches: int) -> tuple[list[analysis.Chains], dict]:
+def read_chains(config: ml_collections.ConfigDict, workdir: str, problems
+                ) -> dict[str, list[list[dict]]]:
+  """{problem id: its chains, each a list of attempts (answer, correct, tokens, scores)}."""
+  return _read(config, workdir, problems, len(_batches(config, problems)))[0]
+
+
+def _read(config, workdir: str, problems, num_batches: int) -> tuple[dict, dict]:
   by_id, stats = {}, {}
   for i in range(num_batches):
     path = _batch_path(config, workdir, i)
@@ -148,10 +158,15 @@ def _load(config, workdir: str, problems, num_batches: int) -> tuple[list[analys
   if sorted(by_id) != sorted(p.id for p in problems):
     raise wd.damaged(artifacts.revision_chains(config, workdir).path,
                      'holds other problems than this config selects', STAGE)
+  return {i: r['chains'] for i, r in by_id.items()}, stats
+
+
+def _load(config, workdir: str, problems, num_batches: int) -> tuple[list[analysis.Chains], dict]:
+  chains, stats = _read(config, workdir, problems, num_batches)
   budget = config.eval_revisions.budget
   out = []
   for p in problems:
-    cs = by_id[p.id]['chains']
+    cs = chains[p.id]
     shape = (len(cs), budget)
     valid = np.zeros(shape, bool)
     correct = np.zeros(shape, bool)

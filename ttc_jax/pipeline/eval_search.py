@@ -179,6 +179,16 @@ def _search_all(sc: engine.SearchConfig, models: engine.Models, prompts, problem
           'accuracy': float(np.mean([r['correct']['weighted'] for r in rows]))}
 
 
+def read_run(config: ml_collections.ConfigDict, workdir: str, name: str, budget: int, seed: int,
+             ids: list[str]) -> dict[str, dict]:
+  """{problem id: its row} of one finished run (method, budget, seed) over the problems `ids`."""
+  path = _run_file(config, workdir, name, budget, seed)
+  by_id = {r['id']: r for r in wd.read_json(path, stage=STAGE)['problems']}
+  if sorted(by_id) != sorted(ids):
+    raise wd.damaged(path, 'holds other problems than this config selects', STAGE)
+  return by_id
+
+
 def summarize(config: ml_collections.ConfigDict, workdir: str, problems, bins) -> None:
   """search.json, per_problem.npz and search.png from every run file."""
   out = artifacts.search_eval(config, workdir)
@@ -186,11 +196,8 @@ def summarize(config: ml_collections.ConfigDict, workdir: str, problems, bins) -
   bin_of = np.array([bins[i] for i in ids])
   table, per_problem = {}, {}
   for name, budget, seed, sc in runs(config):
-    path = _run_file(config, workdir, name, budget, seed)
-    res = wd.read_json(path, stage=STAGE)
-    by_id = {r['id']: r for r in res['problems']}
-    if sorted(by_id) != sorted(ids):
-      raise wd.damaged(path, 'holds other problems than this config selects', STAGE)
+    res = wd.read_json(_run_file(config, workdir, name, budget, seed), stage=STAGE)
+    by_id = read_run(config, workdir, name, budget, seed, ids)
     for how in (SELECTIONS if sc.method == 'best_of_n' else ('weighted',)):
       label = name if how == 'weighted' else f'{name}:{how}'
       correct = np.array([float(by_id[i]['correct'][how]) for i in ids])

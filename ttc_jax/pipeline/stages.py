@@ -17,9 +17,10 @@ from absl import logging
 from ttc_jax import artifacts
 from ttc_jax import manifest
 from ttc_jax.errors import UserError
-from ttc_jax.pipeline import (calibrate, data, eval_revisions, eval_search, eval_verifiers,
-                              import_model, prm_data, real_eval, revision_data, sample, sft,
-                              tokenizer, train_base, train_prm, train_revision, train_revision_orm)
+from ttc_jax.pipeline import (calibrate, data, difficulty, eval_revisions, eval_search,
+                              eval_verifiers, import_model, policy, prm_data, real_eval, report,
+                              revision_data, sample, sft, tokenizer, train_base, train_prm,
+                              train_revision, train_revision_orm)
 from ttc_jax.sampling import demo
 
 Outputs = Callable[[ml_collections.ConfigDict, str], list[manifest.Artifact]]
@@ -64,6 +65,12 @@ ARITH = (
           train_revision_orm.run, train_revision_orm.outputs),
     Stage('eval_revisions', 'revision chains: pass@1 per step, sequential vs parallel, the '
           'ratio sweep per bin', eval_revisions.run, eval_revisions.outputs),
+    Stage('difficulty', 'oracle, predicted and deployable difficulty bins per test problem, with '
+          "the predictors' costs", difficulty.run, difficulty.outputs),
+    Stage('policy', 'the compute-optimal strategy per bin and budget (cross-validated), FLOPs '
+          'per strategy, the exchange against the larger model', policy.run, policy.outputs),
+    Stage('report', 'REPORT.md: every figure, the paper\'s findings as measured, config, stage '
+          'times, FLOPs', report.run, report.outputs),
 )
 REAL = (
     Stage('import_model', 'a real checkpoint (GGUF or HF safetensors) into models/',
@@ -109,7 +116,7 @@ def execute(stage: Stage, config: ml_collections.ConfigDict, workdir: str,
   logging.info('stage %s in %s', stage.name, workdir)
   t0 = time.perf_counter()
   stage.run(config, workdir)
-  manifest.finish(outputs)
+  manifest.finish(outputs, time.perf_counter() - t0)
   logging.info('stage %s finished in %.1f s', stage.name, time.perf_counter() - t0)
 
 
