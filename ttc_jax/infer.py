@@ -115,7 +115,7 @@ def _problem(question: str) -> arith.Problem:
   try:
     steps, answer = arith.solve(question)
   except (ValueError, KeyError) as e:
-    raise UserError(f'question {question!r} is not an arith expression like 3+4*2-5 ({e})') from None
+    raise UserError(f'{e} (infer answers questions of the arith task)') from None
   return arith.Problem(id='infer', question=question, steps=steps, answer=answer,
                        num_ops=len(steps))
 

@@ -318,9 +318,8 @@ def _exchange(config, workdir, ids, budgets, oracle_bin, policies, cost, sizes, 
     raise wd.damaged(calib_a.path, f'has no result for {missing[0]} (of {len(missing)} policy '
                      'problems); calibrate the larger model on the whole split', STAGE)
   large_acc = np.array([per[i]['pass@1'] for i in ids])
-  lc = artifacts.large_config(config)
-  num_samples = per[ids[0]]['num_samples']
-  greedy = lc.sample.temperature == 0 and num_samples == 1
+  made = wd.read_json(samples_a.file(manifest.MANIFEST), stage=samples_a.stage)['values']
+  num_samples, temperature = made['sample.num_samples'], made['sample.temperature']
   recs = {r['id']: r for r in sample.load_samples(config, workdir, STAGE, config.policy.large)}
   large_tokens = float(np.mean([np.mean(recs[i]['num_tokens']) for i in ids]))
   tok = common.load_tokenizer(config, workdir, STAGE)
@@ -332,8 +331,8 @@ def _exchange(config, workdir, ids, budgets, oracle_bin, policies, cost, sizes, 
   out = {'available': True, 'large_model': config.policy.large, 'M': m,
          'large_params': n_l, 'small_params': n_s,
          'pretrain_tokens': {'small': base_info['tokens_seen'], 'large': info['tokens_seen']},
-         'large_decoding': 'greedy' if greedy else
-                           f'pass@1 over {num_samples} samples at T={lc.sample.temperature}',
+         'large_decoding': 'greedy' if temperature == 0 and num_samples == 1 else
+                           f'pass@1 over {num_samples} samples at T={temperature}',
          'large_tokens_per_answer': large_tokens, 'prompt_tokens_per_question': prompt_mean,
          'large_pass1': {'all': float(large_acc.mean()),
                          **{str(b): float(large_acc[oracle_bin == b].mean()) for b in bins_list}},
