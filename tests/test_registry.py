@@ -30,7 +30,7 @@ def _states(config, workdir) -> dict[str, State]:
 def test_status_on_an_empty_a_half_and_a_finished_workdir(full_run, tmp_path):
   config = get_config('tiny')
   empty = stages.status_report(config, str(tmp_path / 'empty'))
-  assert 'next: --mode=data ' in empty and empty.count(" missing ") == 21
+  assert 'next: --mode=data ' in empty and empty.count(" missing ") == 24
   assert not (tmp_path / 'empty').exists()  # status writes nothing
   half = tmp_path / 'half'
   for sub in ('data', 'tokenizer', 'models/base'):
@@ -51,6 +51,10 @@ def test_status_on_an_empty_a_half_and_a_finished_workdir(full_run, tmp_path):
   result = launch(tmp_path / 'half', mode='status')
   assert result.returncode == 0 and 'next: --mode=sample ' in result.stdout, result.stderr[-2000:]
   assert sorted(p.name for p in half.iterdir()) == ['data', 'models', 'tokenizer']
+
+
+# Every later result feeds these (the report also records the whole config).
+LAST = ('difficulty', 'policy', 'report')
 
 
 @pytest.mark.parametrize('stage,key,value', [
@@ -74,12 +78,12 @@ def test_a_changed_key_makes_its_stage_and_only_those_downstream_stale(full_run,
   downstream = {s for s in ORDER[first + 1:] if states[s] is State.STALE}
   fed = {'train_base': set(ORDER[first + 1:]),  # every later stage reads the proposer
          # search and revisions bin by calibrate; the revision ORM is compared with the PRM
-         'sample': {'calibrate', 'eval_verifiers', 'eval_search', 'eval_revisions'},
+         'sample': {'calibrate', 'eval_verifiers', 'eval_search', 'eval_revisions', *LAST},
          'prm_data': {'train_prm', 'train_orm', 'eval_verifiers', 'eval_search',
-                      'train_revision_orm', 'eval_revisions'},
+                      'train_revision_orm', 'eval_revisions', *LAST},
          # train_orm and the revision ORM train with train_prm's block
          'train_prm': {'train_orm', 'eval_verifiers', 'eval_search', 'train_revision_orm',
-                       'eval_revisions'}}[stage]
+                       'eval_revisions', *LAST}}[stage]
   assert downstream == fed, states
   assert all(states[s] is State.DONE for s in ORDER[first + 1:] if s not in fed), states
 
@@ -147,6 +151,7 @@ def test_rerun_with_a_changed_key_stops_or_rebuilds_only_the_affected_chain(full
              'verifier_scores/base/test/orm_on_base_long', 'eval_verifiers/base/test/on_base_long',
              'eval_search/base/test/prm_on_base_long', 'models/orm_revision_base_on_base_long',
              'revisions/base/test/on_base_long', 'eval_revisions/base/test/on_base_long',
+             'difficulty/base/test', 'policy/base/test', 'report',
              *(f'search/base/test/prm_on_base_long/{m}' for m in get_config('tiny').search.methods)}
   for path, before in manifests.items():
     name = str(path.parent.relative_to(workdir))

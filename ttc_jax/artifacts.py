@@ -316,7 +316,7 @@ def policy(config: ml_collections.ConfigDict, workdir: str) -> Artifact:
 
 def report(config: ml_collections.ConfigDict, workdir: str) -> Artifact:
   """report/: REPORT.md and its figures, from every result of the run (stage report)."""
-  return make(workdir, 'report', 'report', {'config': config.to_json_best_effort(sort_keys=True)},
+  return make(workdir, 'report', 'report', values(config, *sorted(config.keys())),
               [policy(config, workdir), difficulty(config, workdir), calibration(config, workdir),
                verifier_eval(config, workdir), search_eval(config, workdir),
                revision_eval(config, workdir), revision_model(config, workdir),

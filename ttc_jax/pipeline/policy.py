@@ -138,7 +138,8 @@ def revision_cost(chains: list[list[dict]], num_chains: int, length: int, prompt
 
 def costs(config: ml_collections.ConfigDict, workdir: str, ids: list[str], budgets: tuple[int, ...],
           found: dict) -> dict[str, dict[int, list[flops.Cost]]]:
-  """{strategy: {budget: per-problem Cost}} for every strategy of `found` (seed 0's run for search)."""
+  """{strategy: {budget: per-problem Cost}} for every weighted-selection strategy of `found` (a
+  majority baseline spends what its strategy does; search: the first seed's runs)."""
   tok = common.load_tokenizer(config, workdir, STAGE)
   shapes = difficulty.model_shapes(config, tok.vocab_size)
   out: dict[str, dict[int, list[flops.Cost]]] = {}
@@ -148,15 +149,13 @@ def costs(config: ml_collections.ConfigDict, workdir: str, ids: list[str], budge
       continue
     rows = eval_search.read_run(config, workdir, name, budget, seed, ids)
     per = [search_cost(rows[i], shapes) for i in ids]
-    for label in found['search']:
-      if label.split(':')[0] == name:
-        out.setdefault(label, {})[budget] = per
+    out.setdefault(name, {})[budget] = per  # its other selections read the same samples
   problems = {p.id: p for p in common.load_problems(config, workdir, config.sample.split, STAGE)}
   chosen = [problems[i] for i in ids]
   chains = eval_revisions.read_chains(config, workdir, chosen)
   prompt_len = {p.id: len(common.encode_example(tok, p)[0]) for p in chosen}
-  for label in found['revisions']:
-    length = int(label.split(':')[0][len('revisions_l'):])
+  for label in (x for x in found['revisions'] if ':' not in x):
+    length = int(label[len('revisions_l'):])
     for b in budgets:
       if b >= length and b % length == 0 and b <= config.eval_revisions.budget:
         out.setdefault(label, {})[b] = [
@@ -292,7 +291,8 @@ def _space_findings(entry: dict) -> dict:
   return {'best_of_n_weighted_at_largest_budget': {'budget': top, 'accuracy': bon},
           'quarter_budget': quarter, 'compute_optimal_oracle_at_quarter_budget': at_quarter,
           'generations_to_match_best_of_n_at_largest_budget': need,
-          'matches_with_at_most_a_quarter': None if need is None else bool(need <= quarter + 1e-9)}
+          'matches_with_at_most_a_quarter': (None if bon is None else
+                                             need is not None and bool(need <= quarter + 1e-9))}
 
 
 # --- the exchange -------------------------------------------------------------------------------

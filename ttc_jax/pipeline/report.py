@@ -148,7 +148,7 @@ def findings(search: dict, revisions: dict, verifiers: dict, policy: dict, excha
     gap = policy['predicted_minus_oracle'][space]
     worst = min(gap.values())
     rows.append([f'Predicted-difficulty {label} policy stays within {PREDICTED_MARGIN} of the '
-                 'oracle-bin one', ', '.join(f'N={b}: {_f(v)}' for b, v in gap.items()),
+                 'oracle-bin one', ', '.join(f'N={b}: {_f(gap[b])}' for b in sorted(gap, key=int)),
                  _holds(worst >= -PREDICTED_MARGIN)])
   if exchange.get('available'):
     ratios = sorted(exchange['ratios'], key=float)
@@ -232,7 +232,7 @@ def _policy_section(policy: dict) -> list[str]:
                      'policy budget to match', 'efficiency gain'], rows)
     rows = []
     for f, fold in enumerate(e['choices']['oracle']):
-      for budget, per_bin in fold.items():
+      for budget, per_bin in sorted(fold.items(), key=lambda x: int(x[0])):
         rows.append([str(f), budget] + [per_bin[b] or 'n/a' for b in sorted(per_bin)])
     bins = sorted(e['choices']['oracle'][0][next(iter(e['choices']['oracle'][0]))])
     lines += ['Chosen strategy (oracle bins) per scored fold and budget:', '']
@@ -278,8 +278,8 @@ def _flops_section(t: dict, diff: dict, config, workdir: str) -> list[str]:
             "tokens; ours adds the tokens each model reads and the verifier's; then attention's "
             'context term):', '']
   rows = []
-  for label, per_budget in t['per_problem_mean'].items():
-    for b, c in per_budget.items():
+  for label, per_budget in sorted(t['per_problem_mean'].items()):
+    for b, c in sorted(per_budget.items(), key=lambda x: int(x[0])):
       rows.append([label, b, c['sampled_tokens'], c['prompt_tokens'], c['verifier_tokens'],
                    c['flops_paper'], c['flops_with_verifier'], c['flops_with_attention']])
   lines += _table(['strategy', 'budget', 'generated tokens', 'prompt/context tokens',
