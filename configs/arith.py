@@ -122,6 +122,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.train.update(dict(learning_rate=1e-3))
     # The exchange compares the small model's test-time compute with one greedy answer each.
     c.sample.update(dict(num_samples=1, temperature=0.0))
+    c.difficulty.update(dict(deploy_k=1))  # at most the samples drawn (its policy is not used)
   elif variant == 'tiny':
     c.task.update(dict(train_size=400, validation_size=20, test_size=20, num_ops_max=4))
     c.models.base.update(dict(embed_dim=32, hidden_dim=64, num_heads=2, head_dim=16,

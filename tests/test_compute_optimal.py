@@ -9,7 +9,9 @@ import pytest
 
 from conftest import launch
 
-POLICY = ('policy', 'base', 'test')
+POLICY = ('policy', 'base', 'test', 'on_base_long')
+DIFFICULTY = ('difficulty', 'base', 'test', 'prm_on_base_long')
+REPORT = ('report', 'base', 'test', 'on_base_long')
 
 
 def _config():
@@ -19,7 +21,7 @@ def _config():
 
 def test_difficulty_bins_and_cost(full_run):
   config = _config()
-  with np.load(full_run / 'difficulty' / 'base' / 'test' / 'per_problem.npz') as z:
+  with np.load(full_run.joinpath(*DIFFICULTY, 'per_problem.npz')) as z:
     arrays = {k: z[k] for k in z.files}
   n = config.task.test_size
   for kind in ('oracle', 'predicted', 'deployable'):
@@ -30,7 +32,7 @@ def test_difficulty_bins_and_cost(full_run):
   assert (np.diff(arrays['predicted_bin'][order]) >= 0).all()
   calib = json.loads((full_run / 'calibration' / 'base' / 'test' / 'difficulty.json').read_text())
   assert {i: int(b) for i, b in zip(arrays['ids'].tolist(), arrays['oracle_bin'])} == calib['bins']
-  info = json.loads((full_run / 'difficulty' / 'base' / 'test' / 'difficulty.json').read_text())
+  info = json.loads((full_run.joinpath(*DIFFICULTY, 'difficulty.json')).read_text())
   k = config.difficulty.deploy_k
   assert info['deploy_k'] == k
   full, deploy = info['cost_per_problem']['predicted'], info['cost_per_problem']['deployable']
@@ -68,10 +70,10 @@ def test_policy_outputs(full_run):
 
 
 def test_report_opens_with_figures_and_is_reproducible(full_run, tmp_path):
-  report = (full_run / 'report' / 'REPORT.md').read_text()
+  report = full_run.joinpath(*REPORT, 'REPORT.md').read_text()
   assert report.startswith('# ttc_jax run report')
   assert report.index('## Figures') < report.index("## The paper's findings")
-  figures = sorted(p.name for p in (full_run / 'report' / 'figures').iterdir())
+  figures = sorted(p.name for p in full_run.joinpath(*REPORT, 'figures').iterdir())
   assert 'fig4_compute_optimal_search.png' in figures and 'fig9_exchange.png' in figures
   for name in figures:
     assert f'(figures/{name})' in report
@@ -85,7 +87,7 @@ def test_report_opens_with_figures_and_is_reproducible(full_run, tmp_path):
   shutil.rmtree(workdir / 'report')
   result = launch(workdir, mode='report')
   assert result.returncode == 0, result.stderr[-2000:]
-  assert (workdir / 'report' / 'REPORT.md').read_text() == report
+  assert workdir.joinpath(*REPORT, 'REPORT.md').read_text() == report
 
 
 def test_exchange_with_a_larger_model(full_run, tmp_path):

@@ -151,7 +151,8 @@ def test_rerun_with_a_changed_key_stops_or_rebuilds_only_the_affected_chain(full
              'verifier_scores/base/test/orm_on_base_long', 'eval_verifiers/base/test/on_base_long',
              'eval_search/base/test/prm_on_base_long', 'models/orm_revision_base_on_base_long',
              'revisions/base/test/on_base_long', 'eval_revisions/base/test/on_base_long',
-             'difficulty/base/test', 'policy/base/test', 'report',
+             'difficulty/base/test/prm_on_base_long', 'policy/base/test/on_base_long',
+             'report/base/test/on_base_long',
              *(f'search/base/test/prm_on_base_long/{m}' for m in get_config('tiny').search.methods)}
   for path, before in manifests.items():
     name = str(path.parent.relative_to(workdir))

@@ -269,9 +269,11 @@ def revision_eval(config: ml_collections.ConfigDict, workdir: str) -> Artifact:
 
 
 def difficulty(config: ml_collections.ConfigDict, workdir: str) -> Artifact:
-  """difficulty/<model>/<split>: oracle, predicted and deployable difficulty bins per problem,
+  """difficulty/<model>/<split>/<prm>: oracle, predicted (by that PRM) and deployable difficulty
+  bins per problem,
   with the predictors' costs (stage difficulty)."""
-  return make(workdir, f'difficulty/{config.model_name}/{split_label(config)}', 'difficulty',
+  return make(workdir, f'difficulty/{config.model_name}/{split_label(config)}/'
+              f'{verifier_name(config, "prm")}', 'difficulty',
               values(config, 'difficulty', 'calibrate.num_bins'),
               [samples(config, workdir), verifier_scores(config, workdir, 'prm'),
                calibration(config, workdir), model(config, workdir),
@@ -302,10 +304,11 @@ def large_results(config: ml_collections.ConfigDict, workdir: str) -> list[Artif
 
 
 def policy(config: ml_collections.ConfigDict, workdir: str) -> Artifact:
-  """policy/<model>/<split>: the compute-optimal policy per difficulty bin and budget (2-fold
+  """policy/<model>/<split>/on_<backbone>: the compute-optimal policy per difficulty bin and budget (2-fold
   cross-validated), its accuracy vs budget, the FLOPs of every strategy and the exchange
   against the larger model (stage policy)."""
-  return make(workdir, f'policy/{config.model_name}/{split_label(config)}', 'policy',
+  return make(workdir, f'policy/{config.model_name}/{split_label(config)}/'
+              f'on_{backbone_name(config)}', 'policy',
               values(config, 'policy', 'difficulty', 'calibrate.num_bins'),
               [difficulty(config, workdir), search_eval(config, workdir),
                *(search_runs(config, workdir, m) for m in config.search.methods),
@@ -315,8 +318,10 @@ def policy(config: ml_collections.ConfigDict, workdir: str) -> Artifact:
 
 
 def report(config: ml_collections.ConfigDict, workdir: str) -> Artifact:
-  """report/: REPORT.md and its figures, from every result of the run (stage report)."""
-  return make(workdir, 'report', 'report', values(config, *sorted(config.keys())),
+  """report/<model>/<split>/on_<backbone>: REPORT.md and its figures, from every result of the
+  run (stage report)."""
+  return make(workdir, f'report/{config.model_name}/{split_label(config)}/'
+              f'on_{backbone_name(config)}', 'report', values(config, *sorted(config.keys())),
               [policy(config, workdir), difficulty(config, workdir), calibration(config, workdir),
                verifier_eval(config, workdir), search_eval(config, workdir),
                revision_eval(config, workdir), revision_model(config, workdir),

@@ -163,8 +163,8 @@ def status(a: Artifact, _seen: dict[str, Status] | None = None) -> Status:
         continue  # made by the same stage run, before this one is finished
       recorded, now = m['inputs'].get(i.name), digest(i)
       if recorded != now and (now is not None or st.state is State.DONE):
-        st = Status(State.STALE, f'its input {i.name} was {"rebuilt" if now else "removed"} '
-                                 'since it was made')
+        what = 'rebuilt' if recorded and now else 'removed' if recorded else 'made'
+        st = Status(State.STALE, f'its input {i.name} was {what} since it was made')
         break
     if st.state is State.DONE:
       files = _files(a.path)

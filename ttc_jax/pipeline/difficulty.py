@@ -9,7 +9,7 @@
   (k generations and their scoring) is charged to the budget by `policy`, and `infer` bins a new
   question with the same cut points.
 
-Writes difficulty/<model>/<split>/: per_problem.npz (ids, oracle_pass1, oracle_bin, predicted_score,
+Writes difficulty/<model>/<split>/<prm>/: per_problem.npz (ids, oracle_pass1, oracle_bin, predicted_score,
 predicted_bin, deployable_score, deployable_bin) and difficulty.json (cut points, how often the
 bins agree, and the cost of each predictor: samples, tokens, FLOPs).
 """

@@ -16,7 +16,7 @@ exchange against `policy.large` (when its greedy calibration is done in this wor
 (the largest measured budget <= K, marked when K exceeds every measured budget) and at the
 FLOPs-matched budget of our accounting, against the large model's greedy pass@1.
 
-Writes policy/<model>/<split>/: policy.json, flops.json, exchange.json, policy_fig4.png (search),
+Writes policy/<model>/<split>/on_<backbone>/: policy.json, flops.json, exchange.json, policy_fig4.png (search),
 policy_fig8.png (revisions), policy_fig9.png (the exchange).
 """
 

@@ -1,4 +1,4 @@
-"""Stage `report`: report/REPORT.md, every figure of the run and the paper's findings as measured.
+"""Stage `report`: report/<model>/<split>/on_<backbone>/REPORT.md, every figure of the run and the paper's findings as measured.
 
 Everything in it is read from the workdir's results (nothing is written by hand), in a fixed
 order with fixed number formats, so rerunning `report` on the same workdir writes the same file.

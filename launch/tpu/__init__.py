@@ -1,0 +1,1 @@
+"""Cloud TPU job scripts: `python -m launch.tpu.job --action=ACTION ...` (see launch/tpu/README.md)."""
