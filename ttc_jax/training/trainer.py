@@ -21,6 +21,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 
 from ttc_jax.errors import CorruptArtifactError, MissingInputError
+from ttc_jax.parallel import sharding
 from ttc_jax.training.data import Batch, Examples, batch_at
 
 
@@ -102,13 +103,29 @@ def load_params(directory: str, objective: Objective, cfg: ml_collections.Config
 
 def train(objective: Objective, examples: Examples, cfg: ml_collections.ConfigDict,
           directory: str, name: str, init_params: Any = None,
-          stop_after: int | None = None) -> Any:
+          stop_after: int | None = None, mesh: Any = None, rules: Any = 'data') -> Any:
   """Trains to cfg.steps, checkpointing into `directory`; resumes from its latest checkpoint.
 
   `stop_after` ends the run early at that step (as a kill would), leaving its checkpoints.
+  `mesh` (a Mesh or a {axis: size} shape for `sharding.make_mesh`) shards the run: params and
+  optimizer state by `rules` (a `sharding.RULES` name or rules), each batch over the rules' data
+  axes; XLA averages the gradients. The same parameters as without a mesh, up to rounding.
   """
   optimizer = make_optimizer(cfg)
-  state = _initial_state(objective, cfg, optimizer, init_params)
+  jit_shardings = {}
+  if mesh is None:
+    state = _initial_state(objective, cfg, optimizer, init_params)
+  else:
+    mesh = mesh if isinstance(mesh, jax.sharding.Mesh) else sharding.make_mesh(mesh)
+    sharding.check_batch_size(mesh, rules, cfg.batch_size)
+    init = functools.partial(_initial_state, objective, cfg, optimizer)
+    state_sh = sharding.train_state_shardings(mesh, rules, optimizer, jax.eval_shape(
+        init, init_params), getattr(objective, 'config', None))
+    if init_params is not None:
+      init_params = jax.device_put(init_params, state_sh.params)
+    state = jax.jit(init, out_shardings=state_sh)(init_params)  # each device its shards only
+    jit_shardings = dict(in_shardings=(state_sh, sharding.batch_sharding(mesh, rules)),
+                         out_shardings=(state_sh, sharding.replicated(mesh)))
   mngr = _manager(directory)
   if mngr.latest_step() is not None:
     state = _restore(mngr, state, directory)
@@ -117,7 +134,7 @@ def train(objective: Objective, examples: Examples, cfg: ml_collections.ConfigDi
   metrics_path = os.path.join(directory, 'metrics.jsonl')
   _truncate_metrics(metrics_path, start)
   step_fn = jax.jit(functools.partial(train_step, objective=objective, optimizer=optimizer),
-                    donate_argnames=('state',))
+                    donate_argnames=('state',), **jit_shardings)
   t0, last_log = time.perf_counter(), start
   for step in range(start, min(cfg.steps, stop_after or cfg.steps)):
     batch = batch_at(examples, step, cfg.batch_size, cfg.seed)

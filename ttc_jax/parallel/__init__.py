@@ -1,0 +1,1 @@
+"""Scale-out: logical axes, sharding rules and device meshes (see parallel/sharding.py)."""
