@@ -52,6 +52,7 @@ def full_run(tmp_path_factory):
   return workdir
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the marks into node ids
 def pytest_collection_modifyitems(config, items):
   """Under pytest-xdist (`-n 2 --dist loadgroup`, pyproject.toml): every test reading the shared
   tiny run on one worker, so it is built once; the others stay with their module, so module
