@@ -108,6 +108,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.eval_revisions = ml_collections.ConfigDict(dict(
       budget=64, budgets=(4, 8, 16, 32, 64), ratio_budgets=(16, 64), max_problems=100,
       seed=0))
+  # The devices every training stage shards over: data x fsdp x tensor must be the device count
+  # (all 1: one device); `rules` names a preset of ttc_jax/parallel/sharding.RULES (replicated,
+  # data, fsdp, fsdp_tensor). Results equal one device's up to rounding, so the models'
+  # artifacts do not record it.
+  c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=1, tensor=1, rules='data'))
   # Difficulty bins (stage difficulty): oracle, predicted (the mean PRM final-answer score over
   # the sample pool) and deployable (that mean over the first deploy_k samples only; its cost is
   # charged to the budget).

@@ -137,6 +137,8 @@ RULES: list[tuple[str, Rule]] = [
     ('eval_revisions.budget', COUNT), ('eval_revisions.budgets', _ints(1)),
     ('eval_revisions.ratio_budgets', _ints(1)), ('eval_revisions.max_problems', NATURAL),
     ('eval_revisions.seed', NATURAL),
+    ('mesh.data', COUNT), ('mesh.fsdp', COUNT), ('mesh.tensor', COUNT),
+    ('mesh.rules', _one_of(('replicated', 'data', 'fsdp', 'fsdp_tensor'))),
     ('difficulty.deploy_k', COUNT), ('policy.folds', COUNT), ('policy.seed', NATURAL),
     ('sft.max_len', COUNT),
     *((f'sft.train.{k}', r) for k, r in TRAINER),

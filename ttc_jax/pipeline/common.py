@@ -62,6 +62,18 @@ def encode_example(tok: Tokenizer, problem: arith.Problem) -> tuple[list[int], l
   return prompt, completion
 
 
+def train_sharding(config: ml_collections.ConfigDict) -> dict:
+  """`trainer.train`'s mesh and rules from `config.mesh` (data x fsdp x tensor devices, a rules
+  preset of `ttc_jax.parallel.sharding.RULES`): {} (one device) when every axis is 1."""
+  if 'mesh' not in config:
+    return {}
+  m = config.mesh
+  shape = {'data': int(m.data), 'fsdp': int(m.fsdp), 'tensor': int(m.tensor)}
+  if shape == {'data': 1, 'fsdp': 1, 'tensor': 1}:
+    return {}
+  return {'mesh': shape, 'rules': m.rules}
+
+
 def load_difficulty(config: ml_collections.ConfigDict, workdir: str, stage: str) -> dict[str, int]:
   """{problem id: oracle difficulty bin (1 = easiest)} of the sample split, from calibrate."""
   a = artifacts.calibration(config, workdir)

@@ -57,7 +57,7 @@ def run(config: ml_collections.ConfigDict, workdir: str,
                examples.size, cfg.steps, cfg.batch_size,
                f', from {config.train_init}' if init is not None else '')
   trainer.train(objective, examples, cfg, target.path, f'{stage}[{name}]',
-                init_params=init)
+                init_params=init, **common.train_sharding(config))
   tokens_per_example = float(np.mean((examples.tokens != 0).sum(axis=1)))
   tokens_seen = cfg.steps * cfg.batch_size * tokens_per_example
   # FLOPs and tokens include those of the model this one continues (train_init).

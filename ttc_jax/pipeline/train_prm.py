@@ -165,7 +165,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, kind: str,
                backbone_model, 'frozen' if cfg.freeze_backbone else 'trained', ex.size,
                int(ex.value_mask.sum()), cfg.steps, cfg.batch_size)
   params = trainer.train(objective, ex, cfg, directory, stage, init_params=init,
-                         stop_after=stop_after)
+                         stop_after=stop_after, **common.train_sharding(config))
   if stop_after is not None and stop_after < cfg.steps:
     return
   whole = dict(params, transformer=backbone) if cfg.freeze_backbone else params

@@ -67,7 +67,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
                'packed' if cfg.packing else 'one trajectory each', real.mean(), cfg.max_len,
                cfg.steps, cfg.batch_size)
   trainer.train(objectives.LanguageModeling(model), ex, cfg, target.path, f'{STAGE}[{name}]',
-                init_params=params)
+                init_params=params, **common.train_sharding(config))
   base_info = wd.read_json(artifacts.model(config, workdir).file('info.json'), stage='train_base')
   n_params = transformer.count_params(params)
   tokens_seen = cfg.steps * cfg.batch_size * float(real.mean())

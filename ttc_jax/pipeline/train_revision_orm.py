@@ -141,7 +141,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
   logging.info('%s: %d attempts (%.0f%% right) from the revision model, %d held out; head on %s',
                STAGE, len(labels), 100 * np.mean([l.correct for l in labels]), len(valid),
                backbone_name)
-  head = trainer.train(objectives.HeadRegression(model), ex, config.train_prm, target.path, STAGE)
+  head = trainer.train(objectives.HeadRegression(model), ex, config.train_prm, target.path, STAGE,
+                       **common.train_sharding(config))
   whole = dict(head, transformer=backbone)
   info = {'kind': 'orm', 'trained_on': artifacts.revision_model_name(config),
           'backbone': backbone_name, 'context': o.context, 'steps': config.train_prm.steps,
