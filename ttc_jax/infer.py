@@ -168,7 +168,7 @@ def _search(policy: LearnedPolicy, prompt: list[int], strategy: str, budget: int
                     lambda ids: arith.extract_answer(m['tok'].decode(ids)))[0]
   row = {'generations': r.generations, 'proposer_tokens': r.proposer_tokens,
          'verifier_tokens': r.verifier_tokens, 'prompt_tokens': r.prompt_tokens}
-  return r.answer, policy_stage.search_cost(row, m['shapes'])
+  return r.answer, flops.search_cost(row, m['shapes'])
 
 
 def _revise(policy: LearnedPolicy, problem: arith.Problem, prompt: list[int], strategy: str,
@@ -187,5 +187,5 @@ def _revise(policy: LearnedPolicy, problem: arith.Problem, prompt: list[int], st
                        np.ones(ids.shape, bool))
   pick = analysis.pick(ch, 'verifier', 'revision_orm')
   answer = None if pick < 0 else answers[int(np.flatnonzero(ids.reshape(-1) == pick)[0])]
-  return answer, policy_stage.revision_cost(chains, num_chains, length, len(prompt),
+  return answer, flops.revision_cost(chains, num_chains, length, len(prompt),
                                             c.revision.window, m['shapes'])

@@ -93,7 +93,50 @@ class Cost:
   def plus(self, other: Cost) -> Cost:
     return Cost(*(a + b for a, b in zip(dataclasses.astuple(self), dataclasses.astuple(other))))
 
+  def scaled(self, factor: float) -> Cost:
+    return Cost(*(x * factor for x in dataclasses.astuple(self)))
+
+  @staticmethod
+  def sum(costs) -> Cost:
+    total = Cost(0, 0, 0, 0, 0)
+    for c in costs:
+      total = total.plus(c)
+    return total
+
   def as_dict(self, n_proposer: float, n_verifier: float) -> dict:
     return {**dataclasses.asdict(self), 'flops_paper': self.paper(n_proposer),
             'flops_with_verifier': self.with_verifier(n_proposer, n_verifier),
             'flops_with_attention': self.with_attention(n_proposer, n_verifier)}
+
+
+# --- the measured cost of a strategy ----------------------------------------------------------
+# `shapes`: {"proposer": TransformerConfig, "verifier": TransformerConfig}.
+
+def search_cost(row: dict, shapes: dict) -> Cost:
+  """One problem's search run: its measured tokens; attention estimated with every generation a
+  sequence of the run's mean generation length after the prompt (prefixes shared by beams are
+  counted once in the tokens, not in this estimate)."""
+  g, p = row['generations'], row['prompt_tokens']
+  gen = round(row['proposer_tokens'] / max(g, 1))
+  ver = round(row['verifier_tokens'] / max(g, 1))
+  attn = g * (attention(shapes['proposer'], p, gen) + attention(shapes['verifier'], p, ver))
+  return Cost(g, row['proposer_tokens'], p, row['verifier_tokens'], attn)
+
+
+def revision_cost(chains: list[list[dict]], num_chains: int, length: int, prompt_len: int,
+                  window: int, shapes: dict) -> Cost:
+  """The first `num_chains` chains' first `length` attempts: exact contexts. Attempt j sees the
+  prompt and its `window` latest earlier attempts, each followed by the question again; attempts
+  up to the window continue the chain's KV cache (a prompt-length chunk is read), later ones
+  prefill their window afresh; round 1's prompt is read once for all chains."""
+  sampled = prompt = verifier = attn = 0.0
+  for i, chain in enumerate(chains[:num_chains]):
+    lengths = [a['tokens'] for a in chain[:length]]
+    for j, t in enumerate(lengths):
+      context = prompt_len + sum(x + prompt_len for x in lengths[max(0, j - window):j])
+      read = (prompt_len if i == 0 else 0) if j == 0 else (prompt_len if j <= window else context)
+      sampled, prompt, verifier = sampled + t, prompt + read, verifier + prompt_len + t
+      attn += (attention(shapes['proposer'], context - read, read)
+               + attention(shapes['proposer'], context, t)
+               + attention(shapes['verifier'], 0, prompt_len + t))
+  return Cost(num_chains * length, sampled, prompt, verifier, attn)

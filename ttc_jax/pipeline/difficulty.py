@@ -102,14 +102,11 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
   deploy_bin = selection.assign_bins(deployable, deploy_edges)
 
   sizes, shapes = model_sizes(config, workdir, STAGE), model_shapes(config, tok.vocab_size)
-  full, first_k = flops.Cost(0, 0, 0, 0, 0), flops.Cost(0, 0, 0, 0, 0)
-  for r in recs:
-    p = len(prompts[r['id']])
-    full = full.plus(sample_cost(shapes, p, r['num_tokens']))
-    first_k = first_k.plus(sample_cost(shapes, p, r['num_tokens'][:k]))
+  full = flops.Cost.sum(sample_cost(shapes, len(prompts[r['id']]), r['num_tokens']) for r in recs)
+  first_k = flops.Cost.sum(sample_cost(shapes, len(prompts[r['id']]), r['num_tokens'][:k])
+                           for r in recs)
   n = len(recs)
-  per_q = lambda c: flops.Cost(*(x / n for x in (c.generations, c.sampled_tokens, c.prompt_tokens,
-                                                   c.verifier_tokens, c.attention_pairs_flops)))
+  per_q = lambda c: c.scaled(1 / n)
   agree = lambda a, b: {'same_bin': float(np.mean(a == b)),
                         'within_one_bin': float(np.mean(np.abs(a - b) <= 1)),
                         'spearman': _spearman(a, b)}

@@ -182,11 +182,17 @@ def _search_all(sc: engine.SearchConfig, models: engine.Models, prompts, problem
 def read_run(config: ml_collections.ConfigDict, workdir: str, name: str, budget: int, seed: int,
              ids: list[str]) -> dict[str, dict]:
   """{problem id: its row} of one finished run (method, budget, seed) over the problems `ids`."""
+  return _read_run(config, workdir, name, budget, seed, ids)[1]
+
+
+def _read_run(config, workdir: str, name: str, budget: int, seed: int, ids: list[str]
+              ) -> tuple[dict, dict[str, dict]]:
   path = _run_file(config, workdir, name, budget, seed)
-  by_id = {r['id']: r for r in wd.read_json(path, stage=STAGE)['problems']}
+  res = wd.read_json(path, stage=STAGE)
+  by_id = {r['id']: r for r in res['problems']}
   if sorted(by_id) != sorted(ids):
     raise wd.damaged(path, 'holds other problems than this config selects', STAGE)
-  return by_id
+  return res, by_id
 
 
 def summarize(config: ml_collections.ConfigDict, workdir: str, problems, bins) -> None:
@@ -196,8 +202,7 @@ def summarize(config: ml_collections.ConfigDict, workdir: str, problems, bins) -
   bin_of = np.array([bins[i] for i in ids])
   table, per_problem = {}, {}
   for name, budget, seed, sc in runs(config):
-    res = wd.read_json(_run_file(config, workdir, name, budget, seed), stage=STAGE)
-    by_id = read_run(config, workdir, name, budget, seed, ids)
+    res, by_id = _read_run(config, workdir, name, budget, seed, ids)
     for how in (SELECTIONS if sc.method == 'best_of_n' else ('weighted',)):
       label = name if how == 'weighted' else f'{name}:{how}'
       correct = np.array([float(by_id[i]['correct'][how]) for i in ids])

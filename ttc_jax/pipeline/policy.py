@@ -32,7 +32,8 @@ from ttc_jax import manifest
 from ttc_jax import workdir as wd
 from ttc_jax.compute import flops
 from ttc_jax.errors import ConfigError
-from ttc_jax.pipeline import common, difficulty, eval_revisions, eval_search, sample
+from ttc_jax.pipeline import common, difficulty, eval_revisions, eval_search
+from ttc_jax.pipeline import exchange as exchange_lib
 from ttc_jax.policy import selection
 
 matplotlib.use('Agg')
@@ -81,7 +82,8 @@ def tables(config: ml_collections.ConfigDict, workdir: str
   budgets = tuple(sorted(set(s['budgets'].tolist()) | set(r['budgets'].tolist())))
 
   def widen(z, key):  # onto the union of budgets, rows in eval_search's problem order
-    order = [z['ids'].tolist().index(i) for i in ids]
+    pos = {i: n for n, i in enumerate(z['ids'].tolist())}
+    order = [pos[i] for i in ids]
     out = np.full((len(ids), len(budgets)), np.nan)
     for j, b in enumerate(z['budgets'].tolist()):
       out[:, budgets.index(b)] = z[key][order, j]
@@ -106,36 +108,6 @@ def space_strategies(space: str, found: dict[str, dict[str, np.ndarray]]) -> dic
 
 # --- costs --------------------------------------------------------------------------------------
 
-def search_cost(row: dict, shapes: dict) -> flops.Cost:
-  """One problem's search run: its measured tokens; attention estimated with every generation a
-  sequence of the run's mean generation length after the prompt (prefixes shared by beams are
-  counted once in the tokens, not in this estimate)."""
-  g, p = row['generations'], row['prompt_tokens']
-  gen = round(row['proposer_tokens'] / max(g, 1))
-  ver = round(row['verifier_tokens'] / max(g, 1))
-  attn = g * (flops.attention(shapes['proposer'], p, gen) + flops.attention(shapes['verifier'], p, ver))
-  return flops.Cost(g, row['proposer_tokens'], p, row['verifier_tokens'], attn)
-
-
-def revision_cost(chains: list[list[dict]], num_chains: int, length: int, prompt_len: int,
-                  window: int, shapes: dict) -> flops.Cost:
-  """The first `num_chains` chains' first `length` attempts: exact contexts. Attempt j sees the
-  prompt and its `window` latest earlier attempts, each followed by the question again; attempts
-  up to the window continue the chain's KV cache (a prompt-length chunk is read), later ones
-  prefill their window afresh; round 1's prompt is read once for all chains."""
-  sampled = prompt = verifier = attn = 0.0
-  for i, chain in enumerate(chains[:num_chains]):
-    lengths = [a['tokens'] for a in chain[:length]]
-    for j, t in enumerate(lengths):
-      context = prompt_len + sum(x + prompt_len for x in lengths[max(0, j - window):j])
-      read = (prompt_len if i == 0 else 0) if j == 0 else (prompt_len if j <= window else context)
-      sampled, prompt, verifier = sampled + t, prompt + read, verifier + prompt_len + t
-      attn += (flops.attention(shapes['proposer'], context - read, read)
-               + flops.attention(shapes['proposer'], context, t)
-               + flops.attention(shapes['verifier'], 0, prompt_len + t))
-  return flops.Cost(num_chains * length, sampled, prompt, verifier, attn)
-
-
 def costs(config: ml_collections.ConfigDict, workdir: str, ids: list[str], budgets: tuple[int, ...],
           found: dict) -> dict[str, dict[int, list[flops.Cost]]]:
   """{strategy: {budget: per-problem Cost}} for every weighted-selection strategy of `found` (a
@@ -148,7 +120,7 @@ def costs(config: ml_collections.ConfigDict, workdir: str, ids: list[str], budge
     if s != seed:
       continue
     rows = eval_search.read_run(config, workdir, name, budget, seed, ids)
-    per = [search_cost(rows[i], shapes) for i in ids]
+    per = [flops.search_cost(rows[i], shapes) for i in ids]
     out.setdefault(name, {})[budget] = per  # its other selections read the same samples
   problems = {p.id: p for p in common.load_problems(config, workdir, config.sample.split, STAGE)}
   chosen = [problems[i] for i in ids]
@@ -159,18 +131,9 @@ def costs(config: ml_collections.ConfigDict, workdir: str, ids: list[str], budge
     for b in budgets:
       if b >= length and b % length == 0 and b <= config.eval_revisions.budget:
         out.setdefault(label, {})[b] = [
-            revision_cost(chains[i], b // length, length, prompt_len[i], config.revision.window,
+            flops.revision_cost(chains[i], b // length, length, prompt_len[i], config.revision.window,
                           shapes) for i in ids]
   return out
-
-
-def _mean_cost(per: list[flops.Cost]) -> flops.Cost:
-  n = len(per)
-  total = per[0]
-  for c in per[1:]:
-    total = total.plus(c)
-  return flops.Cost(*(x / n for x in (total.generations, total.sampled_tokens, total.prompt_tokens,
-                                      total.verifier_tokens, total.attention_pairs_flops)))
 
 
 # --- the stage ----------------------------------------------------------------------------------
@@ -187,7 +150,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
   k = config.difficulty.deploy_k
   sizes = difficulty.model_sizes(config, workdir, STAGE)
   cost = costs(config, workdir, ids, budgets, found)
-  flops_table = {label: {str(b): _mean_cost(per).as_dict(sizes['proposer'], sizes['verifier'])
+  flops_table = {label: {str(b): flops.Cost.sum(per).scaled(1 / len(per)).as_dict(sizes['proposer'], sizes['verifier'])
                          for b, per in sorted(by_budget.items())}
                  for label, by_budget in sorted(cost.items())}
 
@@ -196,9 +159,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
             'folds': p.folds, 'seed': p.seed, 'deploy_k': k,
             'fold_sizes': [int((fold_of == f).sum()) for f in range(p.folds)], 'spaces': {}}
   policies = {}
+  table = {**found['search'], **found['revisions']}
   for space in SPACES:
     strategies = space_strategies(space, found)
-    table = {**found['search'], **found['revisions']}
     base_w, base_m = BASELINES[space]
     # The budgets this space measured (any of its strategies runs there; for `combined`, both
     # spaces do, so a budget is never won by default).
@@ -241,7 +204,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
                        - result['spaces'][space]['curves']['compute_optimal_oracle']['accuracy'][i])
               for i, b in enumerate(result['spaces'][space]['budgets'])} for space in SPACES}
   result['difficulty_agreement'] = diff['agreement']
-  exchange = _exchange(config, workdir, ids, budgets, bins['oracle'], policies, cost, sizes, found)
+  exchange = exchange_lib.compare(config, workdir, ids, budgets, bins['oracle'], policies, cost, sizes, found)
   wd.atomic_write_json(out.file('flops.json'), {
       'model_params': sizes, 'budget_unit': 'generations per problem',
       'per_problem_mean': flops_table, 'difficulty': diff['cost_per_problem'],
@@ -293,102 +256,6 @@ def _space_findings(entry: dict) -> dict:
           'generations_to_match_best_of_n_at_largest_budget': need,
           'matches_with_at_most_a_quarter': (None if bon is None else
                                              need is not None and bool(need <= quarter + 1e-9))}
-
-
-# --- the exchange -------------------------------------------------------------------------------
-
-def _exchange(config, workdir, ids, budgets, oracle_bin, policies, cost, sizes, found) -> dict:
-  large = artifacts.large_results(config, workdir)
-  ratios = [float(r) for r in config.policy.ratios]
-  if not large:
-    lc = artifacts.large_config(config)
-    return {'available': False, 'ratios': ratios,
-            'reason': f'the larger model ({config.policy.large}) has no finished calibration in '
-                      'this workdir',
-            'how': f'python -m launch.main --config=configs/arith.py:{lc.model_name} --workdir=WORKDIR '
-                   '--mode=train_base, then --mode=sample and --mode=calibrate; then rerun '
-                   '--mode=policy --rebuild_stale'}
-  model_a, samples_a, calib_a = large
-  info = wd.read_json(model_a.file('info.json'), stage=model_a.stage)
-  base_info = wd.read_json(artifacts.model(config, workdir).file('info.json'), stage='train_base')
-  per = {r['id']: r for r in wd.read_json(calib_a.file('per_problem.json'),
-                                          stage=calib_a.stage)['problems']}
-  missing = [i for i in ids if i not in per]
-  if missing:
-    raise wd.damaged(calib_a.path, f'has no result for {missing[0]} (of {len(missing)} policy '
-                     'problems); calibrate the larger model on the whole split', STAGE)
-  large_acc = np.array([per[i]['pass@1'] for i in ids])
-  made = wd.read_json(samples_a.file(manifest.MANIFEST), stage=samples_a.stage)['values']
-  num_samples, temperature = made['sample.num_samples'], made['sample.temperature']
-  recs = {r['id']: r for r in sample.load_samples(config, workdir, STAGE, config.policy.large)}
-  large_tokens = float(np.mean([np.mean(recs[i]['num_tokens']) for i in ids]))
-  tok = common.load_tokenizer(config, workdir, STAGE)
-  problems = {p.id: p for p in common.load_problems(config, workdir, config.sample.split, STAGE)}
-  prompt_mean = float(np.mean([len(common.encode_example(tok, problems[i])[0]) for i in ids]))
-  n_s, n_l = sizes['proposer'], float(info['num_params'])
-  m = n_l / n_s
-  bins_list = sorted(set(oracle_bin.tolist()))
-  out = {'available': True, 'large_model': config.policy.large, 'M': m,
-         'large_params': n_l, 'small_params': n_s,
-         'pretrain_tokens': {'small': base_info['tokens_seen'], 'large': info['tokens_seen']},
-         'large_decoding': 'greedy' if temperature == 0 and num_samples == 1 else
-                           f'pass@1 over {num_samples} samples at T={temperature}',
-         'large_tokens_per_answer': large_tokens, 'prompt_tokens_per_question': prompt_mean,
-         'large_pass1': {'all': float(large_acc.mean()),
-                         **{str(b): float(large_acc[oracle_bin == b].mean()) for b in bins_list}},
-         'measured_budgets': list(budgets), 'ratios': {}}
-  for r in ratios:
-    K = flops.exchange_generations(m, r)
-    allowance = flops.exchange_allowance(n_s, n_l, large_tokens, r) + flops.forward(n_l, prompt_mean)
-    row = {'K': K, 'flops_allowance_per_question': allowance, 'spaces': {}}
-    for space in ('search', 'revisions'):
-      pol, cols = policies[(space, 'oracle')]
-      sb = [budgets[j] for j in cols]
-      under = [b for b in sb if b <= K + 1e-9]
-      paper_budget = under[-1] if under else None
-      entry = {'paper': {'budget': paper_budget, 'K_exceeds_measured': K > sb[-1],
-                         'note': (f'K = {K:.1f} exceeds the largest measured budget {sb[-1]}: '
-                                  f'the small model is shown at {sb[-1]} (an underestimate)')
-                         if K > sb[-1] else f'the largest measured budget <= K = {K:.1f}'},
-               'bins': {}}
-      # Ours: per bin, the largest budget whose chosen strategies' measured FLOPs (verifier and
-      # context tokens charged) fit the allowance.
-      for b in ['all', *bins_list]:
-        mask = np.ones(len(ids), bool) if b == 'all' else oracle_bin == b
-        small = lambda j: float(np.nanmean(pol.per_problem[mask, j]))
-        cell = {'large': float(large_acc[mask].mean())}
-        if paper_budget is not None:
-          cell['small_paper'] = small(sb.index(paper_budget))
-        fit = None
-        for j, budget in enumerate(sb):
-          spent = _policy_flops(pol, j, mask, cost, budget, sizes)
-          if spent is not None and spent <= allowance:
-            fit = (budget, spent, small(j))
-        if fit:
-          cell.update(budget_ours=fit[0], flops_ours=fit[1], small_ours=fit[2])
-        for acc_key, rel_key in (('small_paper', 'relative_paper_%'),
-                                 ('small_ours', 'relative_ours_%')):
-          if acc_key in cell:
-            cell[rel_key] = (None if cell['large'] == 0 else
-                             100.0 * (cell[acc_key] - cell['large']) / cell['large'])
-        entry['bins'][str(b)] = cell
-      row['spaces'][space] = entry
-    out['ratios'][f'{r:g}'] = row
-  return out
-
-
-def _policy_flops(pol: selection.Policy, j: int, mask: np.ndarray, cost: dict, budget: int,
-                  sizes: dict) -> float | None:
-  """Mean FLOPs (ours: verifier and context tokens charged) per problem of `mask` of the
-  strategies the policy ran on them at budget column j (None: a strategy's cost is unknown)."""
-  spent = []
-  for i in np.flatnonzero(mask):
-    name = pol.strategy[i, j]
-    per = cost.get(name, {}).get(budget)
-    if name is None or per is None:
-      return None
-    spent.append(per[i].with_verifier(sizes['proposer'], sizes['verifier']))
-  return float(np.mean(spent)) if spent else None
 
 
 # --- figures ------------------------------------------------------------------------------------

@@ -122,7 +122,6 @@ def findings(search: dict, revisions: dict, verifiers: dict, policy: dict, excha
                ', '.join(f'{k}: {_f(v)}' for k, v in sorted(aggs.items())),
                _holds(aggs.get('last', -1) >= aggs[best] - 1e-12)])
   fr = revisions['findings']
-  d = fr.get('pass_at_1_mean_after_step_4_minus_step_4')
   rows.append(['Revision pass@1 improves with the revision step',
                f"step 1: {_f(fr.get('pass_at_1_step_1'))}, step 4: {_f(fr.get('pass_at_1_step_4'))}, "
                f"step {fr.get('last_step')}: {_f(fr.get('pass_at_1_last_step'))}",
@@ -133,7 +132,6 @@ def findings(search: dict, revisions: dict, verifiers: dict, policy: dict, excha
                  ', '.join(f'N={b}: {_f(v["verifier"])}'
                            for b, v in sorted(sp.items(), key=lambda x: int(x[0]))),
                  _holds(all(v['verifier'] > 0 for v in sp.values()))])
-  del d
   for space, label in (('search', 'search'), ('revisions', 'revisions')):
     f = policy['spaces'][space]['findings']
     bon = f['best_of_n_weighted_at_largest_budget']
