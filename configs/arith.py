@@ -5,6 +5,9 @@ Variants (`--config=configs/arith.py:VARIANT`):
   large   the same data and tokenizer, the `large` model (~14x base parameters).
   tiny    seconds-long runs for tests.
   gpu     more data, longer training and bigger batches for an accelerator.
+  tpu     gpu's settings on one Cloud TPU VM of 8 chips (v5litepod-8): data-parallel, mesh data=8.
+  tpu_pod gpu's settings on a 4-host v4-32 slice (16 chips), run as one job of 4 processes
+          (`--distributed`): FSDP over 4 chips x data-parallel over 4, mesh data=4 fsdp=4.
 """
 
 import ml_collections
@@ -14,8 +17,9 @@ from ttc_jax.training import trainer
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   variant = arg or 'default'
-  if variant not in ('default', 'large', 'tiny', 'gpu'):
-    raise ValueError(f'unknown arith variant {variant!r}; expected default, large, tiny or gpu')
+  if variant not in ('default', 'large', 'tiny', 'gpu', 'tpu', 'tpu_pod'):
+    raise ValueError(f'unknown arith variant {variant!r}; expected default, large, tiny, gpu, '
+                     'tpu or tpu_pod')
   c = ml_collections.ConfigDict()
   c.seed = 0
   c.model_name = 'large' if variant == 'large' else 'base'
@@ -162,7 +166,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.revision_orm.update(dict(problems=16, validation_problems=4, chains=2, length=2))
     c.eval_revisions.update(dict(budget=4, budgets=(2, 4), ratio_budgets=(4,), max_problems=10))
     c.difficulty.update(dict(deploy_k=2))
-  elif variant == 'gpu':
+  elif variant in ('gpu', 'tpu', 'tpu_pod'):
     c.task.update(dict(train_size=200_000))
     c.train.update(dict(steps=20_000, batch_size=256))
     c.sample.update(dict(problems_per_batch=64))
@@ -174,4 +178,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.revision_orm.update(dict(problems=4000, validation_problems=200, chains=4))
     c.eval_revisions.update(dict(budget=128, budgets=(4, 8, 16, 32, 64, 128),
                                  ratio_budgets=(16, 64, 128), max_problems=0))
+    # Training batches 256 (LM), 32 (PRM/ORM heads, revision SFT): multiples of 8 and 16.
+    if variant == 'tpu':
+      c.mesh.update(dict(data=8))
+    elif variant == 'tpu_pod':
+      c.mesh.update(dict(data=4, fsdp=4, rules='fsdp'))
   return c

@@ -18,10 +18,12 @@ from ml_collections import config_flags
 from ttc_jax import config_checks
 from ttc_jax import workdir as wd
 from ttc_jax.errors import UserError
+from ttc_jax.parallel import hosts
 from ttc_jax.pipeline import stages
 
 VARIANTS = {
-    'configs/arith.py': 'default (CPU, the README main job), large (~14x base), tiny (tests), gpu',
+    'configs/arith.py': 'default (CPU, the README main job), large (~14x base), tiny (tests), gpu, '
+                        'tpu (one v5e-8 VM), tpu_pod (a v4-32 slice, 4 processes)',
     'configs/gemma3_270m_gsm8k.py': 'default (GSM8K, 50 problems), math500, full, sft, tiny',
     'configs/demo.py': 'default (tiny Gemma 3) or any named model config, e.g. gemma3_1b',
 }
@@ -47,6 +49,14 @@ _MODE = flags.DEFINE_string('mode', 'all', 'all, status, or one stage (see above
 _REBUILD = flags.DEFINE_bool('rebuild_stale', False, 'Delete and rebuild outputs made under other '
                              'config values (or from inputs rebuilt since) instead of stopping.')
 _TRACEBACK = flags.DEFINE_bool('traceback', False, 'Show full tracebacks for input errors.')
+_COORDINATOR = flags.DEFINE_string(
+    'coordinator_address', '', 'A job of several processes: HOST:PORT of process 0, the same on '
+    'every process, with --num_processes and --process_id.')
+_NUM_PROCESSES = flags.DEFINE_integer('num_processes', 1, 'Processes in the job.')
+_PROCESS_ID = flags.DEFINE_integer('process_id', 0, "This process's id, 0 to num_processes - 1.")
+_DISTRIBUTED = flags.DEFINE_bool(
+    'distributed', False, 'Join the job JAX finds itself (every worker of a multi-host Cloud TPU '
+    'slice, SLURM): jax.distributed.initialize() with no arguments.')
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
@@ -82,6 +92,10 @@ def _parse_flags(argv):
           else _message(e))
 
 
+def _config_arg() -> str:
+  return flags.FLAGS['config'].serialize().split('=', 1)[-1]
+
+
 def _load_config():
   try:
     config = _CONFIG.value
@@ -89,7 +103,7 @@ def _load_config():
   except (OSError, ValueError, KeyError, AttributeError, SyntaxError, ImportError) as e:
     if _TRACEBACK.value:
       raise
-    raise UserError(f'--config={flags.FLAGS["config"].serialize().split("=", 1)[-1]} did not '
+    raise UserError(f'--config={_config_arg()} did not '
                     f'load: {_message(e)}') from None
   return config
 
@@ -116,8 +130,15 @@ def main(argv):
   # Rollouts donate caches that XLA:CPU cannot always alias; the warning says nothing to a user.
   warnings.filterwarnings('ignore', message='Some donated buffers were not usable')
   try:
+    # Before anything asks JAX for its devices: a job of several processes is joined first.
+    hosts.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
+                     _DISTRIBUTED.value)
     config = _load_config()
     config_checks.check(config)
+    if hosts.count() > 1 and stages.kind(config) != 'arith':
+      raise UserError(f'a job of {hosts.count()} processes runs the arith pipeline only; run '
+                      f'the {stages.kind(config)} pipeline of --config={_config_arg()} as one '
+                      'process')
     workdir = os.path.abspath(_WORKDIR.value)
     if _MODE.value == 'status':
       print(stages.status_report(config, workdir))
@@ -126,6 +147,7 @@ def main(argv):
     for stage in chosen:  # each stage's declarations check their config values before any work
       stage.outputs(config, workdir)
     workdir = wd.prepare(workdir)
+    hosts.check_shared_directory(workdir)
     for stage in chosen:
       stages.execute(stage, config, workdir, _REBUILD.value)
   except UserError as e:

@@ -131,7 +131,8 @@ def test_unknown_config_key(tmp_path):
     (['--config=configs/nope.py'], "error: --config=configs/nope.py did not load: [Errno 2] No "
      "such file or directory: 'configs/nope.py'\n"),
     (['--config=configs/arith.py:huge'], "error: unknown arith variant 'huge'; expected default, "
-     'large, tiny or gpu\n'),
+     'large, tiny, gpu, tpu or tpu_pod\n'),
+    (['--num_processes=2'], 'error: --num_processes=2 needs --coordinator_address=HOST:PORT'),
 ])
 def test_bad_command_lines_stop_before_any_work(tmp_path, args, line):
   """Config values are checked when parsed: one line, exit 2, no workdir made, no traceback."""

@@ -67,14 +67,15 @@ def test_v4_32_all():
   ssh_all = [c for c in cmds if c.startswith('gcloud compute tpus tpu-vm ssh ttc-v4 '
                                              '--zone=us-central2-b --worker=all ')]
   assert len(ssh_all) == 2  # setup and run, on every worker at once
+  # One job of 4 processes: every worker's launcher joins it (--distributed).
   assert ssh_all[1] == ('gcloud compute tpus tpu-vm ssh ttc-v4 --zone=us-central2-b '
-                        f"--worker=all {LAUNCHER}'")
+                        f"--worker=all {LAUNCHER} --distributed'")
   assert cmds[-2].endswith("--worker=0 --command='cd ~/ttc_jax && gcloud storage rsync "
                            "--recursive workdir gs://my-bucket/ttc'")
   assert cmds[-1] == 'gcloud compute tpus tpu-vm delete ttc-v4 --zone=us-central2-b --quiet'
-  # The run says its 4 hosts each run the launcher alone (no jax.distributed yet).
+  # The run says its 4 hosts are one job, on one shared workdir.
   note = out[out.index('# --- run') + 1]
-  assert note.startswith('# 4 hosts: ') and 'jax.distributed' in note
+  assert note.startswith('# 4 hosts: one job of 4 processes') and 'mounts' in note
 
 
 def test_queued_spot_and_project():

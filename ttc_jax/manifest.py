@@ -22,6 +22,7 @@ from absl import logging
 
 from ttc_jax import workdir as wd
 from ttc_jax.errors import CorruptArtifactError, MissingInputError, StaleArtifactError, UserError
+from ttc_jax.parallel import hosts
 
 MANIFEST = 'manifest.json'
 
@@ -223,7 +224,8 @@ def begin(outputs: list[Artifact], stage: str, rebuild_stale: bool) -> bool:
             'delete and rebuild it (and what depends on it), or use another --workdir')
       logging.warning('%s: %s is %s (%s): deleting it to rebuild', stage, a.path,
                       st.state.value, st.detail)
-      shutil.rmtree(a.path)
+      if hosts.is_writer():
+        shutil.rmtree(a.path)
     todo.append(a)
   if not todo:
     logging.info('%s: %s done, skipping', stage, ', '.join(a.name for a in outputs))

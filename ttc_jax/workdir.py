@@ -15,6 +15,7 @@ from typing import Any, Collection
 import numpy as np
 
 from ttc_jax.errors import CorruptArtifactError, MissingInputError, UserError
+from ttc_jax.parallel import hosts
 
 
 def prepare(workdir: str) -> str:
@@ -32,7 +33,10 @@ def prepare(workdir: str) -> str:
 
 def atomic_write_bytes(path: str, data: bytes) -> None:
   """Writes `data` to a temporary name beside `path`, then renames it; the file gets the mode a
-  plain `open(path, 'w')` would (0o666 & ~umask), and no temporary is left behind on error."""
+  plain `open(path, 'w')` would (0o666 & ~umask), and no temporary is left behind on error.
+  In a job of several processes only process 0 writes (`ttc_jax.parallel.hosts`)."""
+  if not hosts.is_writer():
+    return
   directory = os.path.dirname(os.path.abspath(path))
   os.makedirs(directory, exist_ok=True)
   while True:

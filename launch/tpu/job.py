@@ -12,7 +12,8 @@ failure with one line naming the command and its exit code. Actions:
           `tpu-vm scp --worker=all`) unpacked in ~/ttc_jax, a Python >= 3.11 venv in
           ~/ttc_jax_venv, `pip install -e . "jax[tpu]"`
   run     `python -m launch.main --config=... --workdir=... --mode=...` on all workers at once
-          (`--worker=all`); arguments after `--` are passed through (--config.KEY=VALUE)
+          (`--worker=all`; on several hosts with `--distributed`: one JAX job); arguments after
+          `--` are passed through (--config.KEY=VALUE)
   copy    worker 0's workdir to --bucket with `gcloud storage rsync --recursive`
   delete  the TPU VM (or the queued resource and its node)
   all     create, setup, run, copy, delete, in this order
@@ -334,16 +335,16 @@ def setup_steps(job: Job) -> list[Step]:
 def launcher_command(job: Job) -> str:
   """The launcher as the workers' shell runs it, in ~/ttc_jax with the venv's Python."""
   args = [f'--config={job.config}', f'--workdir={job.workdir}', f'--mode={job.mode}',
-          *job.overrides]
+          *(['--distributed'] if job.accelerator.hosts > 1 else []), *job.overrides]
   return f'cd ~/{REMOTE_REPO} && ~/{REMOTE_VENV}/bin/python -m launch.main {shlex.join(args)}'
 
 
 def run_steps(job: Job) -> list[Step]:
   steps: list[Step] = []
   if job.accelerator.hosts > 1:
-    steps.append(Comment(f'{job.accelerator.hosts} hosts: every worker runs the launcher with '
-                         'its own local workdir; the launcher does not call jax.distributed '
-                         '(multi-host runs are not built yet: launch/tpu/README.md)'))
+    steps.append(Comment(f'{job.accelerator.hosts} hosts: one job of {job.accelerator.hosts} '
+                         'processes (--distributed: jax.distributed finds the slice); --workdir '
+                         'must be one directory every worker mounts (launch/tpu/README.md)'))
   steps.append(_ssh(job, 'all', launcher_command(job)))
   return steps
 

@@ -5,12 +5,14 @@ Every path comes from `ttc_jax.artifacts`; each loader checks its artifact is do
 
 from __future__ import annotations
 
+import jax
 import ml_collections
 
 from ttc_jax import artifacts
 from ttc_jax import manifest
 from ttc_jax import workdir as wd
 from ttc_jax.errors import UserError
+from ttc_jax.parallel import hosts
 from ttc_jax.model.config import TransformerConfig, gemma1, gemma2, gemma3
 from ttc_jax.tasks import arith, records
 from ttc_jax.tokenizer import Tokenizer
@@ -64,13 +66,14 @@ def encode_example(tok: Tokenizer, problem: arith.Problem) -> tuple[list[int], l
 
 def train_sharding(config: ml_collections.ConfigDict) -> dict:
   """`trainer.train`'s mesh and rules from `config.mesh` (data x fsdp x tensor devices, a rules
-  preset of `ttc_jax.parallel.sharding.RULES`): {} (one device) when every axis is 1."""
-  if 'mesh' not in config:
-    return {}
-  m = config.mesh
+  preset of `ttc_jax.parallel.sharding.RULES`): {} (one device) when every axis is 1, except in
+  a job of several processes: there, data-parallel over every device of the job."""
+  m = config.get('mesh', ml_collections.ConfigDict(dict(data=1, fsdp=1, tensor=1, rules='data')))
   shape = {'data': int(m.data), 'fsdp': int(m.fsdp), 'tensor': int(m.tensor)}
   if shape == {'data': 1, 'fsdp': 1, 'tensor': 1}:
-    return {}
+    if not hosts.shared():
+      return {}
+    shape['data'] = jax.device_count()
   return {'mesh': shape, 'rules': m.rules}
 
 

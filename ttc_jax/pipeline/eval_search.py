@@ -31,6 +31,7 @@ from ttc_jax import artifacts
 from ttc_jax import manifest
 from ttc_jax import workdir as wd
 from ttc_jax.errors import ConfigError
+from ttc_jax.parallel import hosts
 from ttc_jax.pipeline import common, train_base, train_prm
 from ttc_jax.search import engine
 from ttc_jax.tasks import arith
@@ -126,7 +127,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
                            answer_of, mesh)
       result.update(method=name, budget=budget, seed=seed, settings=_settings(sc))
       wd.atomic_write_json(_run_file(config, workdir, name, budget, seed), result)
-  summarize(config, workdir, problems, bins)
+  if hosts.is_writer():  # reads the run files process 0 wrote
+    summarize(config, workdir, problems, bins)
 
 
 def _settings(sc: engine.SearchConfig) -> dict:
@@ -135,12 +137,14 @@ def _settings(sc: engine.SearchConfig) -> dict:
 
 
 def data_mesh() -> jax.sharding.Mesh | None:
-  """A 1-D `data` mesh over every device when there are several (problems sharded, params
-  replicated; the results equal one device's), else None."""
-  if jax.device_count() == 1:
+  """A 1-D `data` mesh over this process's devices when it has several (problems sharded,
+  params replicated; the results equal one device's), else None. Several processes share the
+  problems batch by batch (`_search_all`)."""
+  devices = jax.local_devices()
+  if len(devices) == 1:
     return None
-  return jax.make_mesh((jax.device_count(),), ('data',),
-                       axis_types=(jax.sharding.AxisType.Auto,))
+  return jax.sharding.Mesh(np.array(devices), ('data',),
+                           axis_types=(jax.sharding.AxisType.Auto,))
 
 
 def _search_all(sc: engine.SearchConfig, models: engine.Models, prompts, problems, bins, seed,
@@ -150,13 +154,17 @@ def _search_all(sc: engine.SearchConfig, models: engine.Models, prompts, problem
   per_batch = max(1, rows_per_batch // sc.n)
   per_batch = -(-len(problems) // -(-len(problems) // per_batch))
   key = jax.random.key(seed)
-  rows, t0, tokens = [], time.perf_counter(), 0
-  for start in range(0, len(problems), per_batch):
+  starts = range(0, len(problems), per_batch)
+  # Several processes: batch b on process b mod count; each batch's key depends on its start
+  # only, so the rows equal one process's.
+  mine, t0, tokens, done = {}, time.perf_counter(), 0, 0
+  for start in [starts[b] for b in hosts.owned(len(starts))]:
     batch = slice(start, start + per_batch)
     chunk = prompts[batch]
     chunk = chunk + [chunk[-1]] * (per_batch - len(chunk))
     results = engine.search(sc, models, chunk, jax.random.fold_in(key, start), answer_of,
                             mesh=mesh)
+    mine[start] = []
     for p, r in zip(problems[batch], results):
       ids = selection.answer_ids(r.answers)
       correct = {'weighted': arith.grade(r.answer, p.answer)}
@@ -164,16 +172,20 @@ def _search_all(sc: engine.SearchConfig, models: engine.Models, prompts, problem
         for how in ('best_of_n', 'majority'):
           pick = int(selection.select_index(ids[None], r.scores[None], how)[0])
           correct[how] = pick >= 0 and arith.grade(r.answers[pick], p.answer)
-      rows.append({
+      mine[start].append({
           'id': p.id, 'num_ops': p.num_ops, 'bin': bins[p.id], 'answer': r.answer,
           'correct': correct, 'pass@n': any(arith.grade(a, p.answer) for a in r.answers),
           'generations': r.generations, 'proposer_tokens': r.proposer_tokens,
           'verifier_tokens': r.verifier_tokens, 'prompt_tokens': r.prompt_tokens,
           'rounds': r.rounds})
       tokens += r.proposer_tokens
+    done += len(mine[start])
     elapsed = time.perf_counter() - t0
-    logging.info('%s: %d/%d problems, %.2f problems/s, %.0f proposer tokens/s', STAGE,
-                 len(rows), len(problems), len(rows) / elapsed, tokens / elapsed)
+    logging.info('%s: %d/%d problems%s, %.2f problems/s, %.0f proposer tokens/s', STAGE, done,
+                 len(problems), f' (process {hosts.index()})' if hosts.shared() else '',
+                 done / elapsed, tokens / elapsed)
+  every = {start: r for part in hosts.gather(mine) for start, r in part.items()}
+  rows = [row for start in starts for row in every[start]]
   seconds = time.perf_counter() - t0
   return {'problems': rows, 'seconds': seconds,
           'accuracy': float(np.mean([r['correct']['weighted'] for r in rows]))}

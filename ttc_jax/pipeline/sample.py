@@ -17,6 +17,7 @@ from absl import logging
 from ttc_jax import artifacts
 from ttc_jax import manifest
 from ttc_jax import workdir as wd
+from ttc_jax.parallel import hosts
 from ttc_jax.pipeline import common, sample_shards, train_base
 from ttc_jax.sampling.sampler import Sampler
 from ttc_jax.tasks import arith
@@ -44,8 +45,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
   model, params = train_base.load_model(config, workdir, name, 'sample')
   tok = common.load_tokenizer(config, workdir, 'sample')
   sampler = Sampler(model, eos_id=tok.eos_id)
-  t0, done_tokens = time.perf_counter(), 0
-  for shard in todo:
+
+  def sample_shard(shard: int) -> tuple[str, int]:
+    """(the shard file's text, tokens sampled) of one shard."""
     batch = problems[shard * s.problems_per_batch:(shard + 1) * s.problems_per_batch]
     prompts = [common.encode_example(tok, p)[0] for p in batch]
     key = jax.random.fold_in(jax.random.key(config.seed), shard)
@@ -61,11 +63,21 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
           'id': p.id, 'num_ops': p.num_ops, 'answer': p.answer, 'completions': texts,
           'correct': [arith.grade(t, p.answer) for t in texts],
           'num_tokens': [len(r) for r in rows]}))
-      done_tokens += sum(len(r) for r in rows)
-    wd.atomic_write_text(sample_shards.shard_path(directory, shard), '\n'.join(lines) + '\n')
+    return '\n'.join(lines) + '\n', sum(len(r) for r in seqs)
+
+  # Several processes: each round, process i samples the round's i-th shard; process 0 writes
+  # them all. A shard's key depends on its index only, so the files equal one process's.
+  t0, done_tokens, n, finished = time.perf_counter(), 0, len(hosts.active()), total - len(todo)
+  for start in range(0, len(todo), n):
+    mine = todo[start + hosts.index()] if start + hosts.index() < len(todo) else None
+    done = [d for d in hosts.gather(None if mine is None else (mine, *sample_shard(mine))) if d]
+    for shard, text, tokens in done:
+      wd.atomic_write_text(sample_shards.shard_path(directory, shard), text)
+      done_tokens += tokens
+    finished += len(done)
     rate = done_tokens / (time.perf_counter() - t0)
-    logging.info('sample[%s]: shard %d/%d (num_ops %d) %.0f tokens/s', name, shard + 1, total,
-                 batch[0].num_ops, rate)
+    logging.info('sample[%s]: %d/%d shards (num_ops %d) %.0f tokens/s', name, finished, total,
+                 problems[done[-1][0] * s.problems_per_batch].num_ops, rate)
   logging.info('sample[%s]: %d problems x %d samples in %s', name, len(problems), s.num_samples,
                directory)
 

@@ -17,6 +17,7 @@ from absl import logging
 from ttc_jax import artifacts
 from ttc_jax import manifest
 from ttc_jax.errors import UserError
+from ttc_jax.parallel import hosts
 from ttc_jax.pipeline import (calibrate, data, difficulty, eval_revisions, eval_search,
                               eval_verifiers, import_model, policy, prm_data, real_eval, report,
                               revision_data, sample, sft, tokenizer, train_base, train_prm,
@@ -32,6 +33,10 @@ class Stage:
   summary: str  # one line, for --help and --mode=status
   run: Callable[[ml_collections.ConfigDict, str], None]
   outputs: Outputs
+  # In a job of several processes: 'all' run it together (sharing its work: training batches
+  # over the global mesh, sample shards, search batches), 'first' on process 0 while the others
+  # wait.
+  hosts: str = 'first'
 
 
 ARITH = (
@@ -40,29 +45,29 @@ ARITH = (
     Stage('tokenizer', 'a sentencepiece model trained on the training texts',
           tokenizer.run, tokenizer.outputs),
     Stage('train_base', 'train the proposer LM (config.model_name: base, large, ...)',
-          train_base.run, train_base.outputs),
+          train_base.run, train_base.outputs, hosts='all'),
     Stage('sample', 'N samples per problem of the sample split, graded, in shards',
-          sample.run, sample.outputs),
+          sample.run, sample.outputs, hosts='all'),
     Stage('calibrate', 'pass@k per oracle difficulty bin; per-problem pass@1 and bins',
           calibrate.run, calibrate.outputs),
     Stage('prm_data', 'Monte-Carlo rollout labels at every step end of sampled solutions',
           prm_data.run, prm_data.outputs),
     Stage('train_verifier_backbone', 'train the LM the PRM/ORM sit on (default base_long)',
-          train_prm.run_backbone, train_prm.backbone_outputs),
+          train_prm.run_backbone, train_prm.backbone_outputs, hosts='all'),
     Stage('train_prm', 'the PRM value head on the verifier backbone',
-          train_prm.run_prm, train_prm.prm_outputs),
+          train_prm.run_prm, train_prm.prm_outputs, hosts='all'),
     Stage('train_orm', 'the ORM value head on the verifier backbone',
-          train_prm.run_orm, train_prm.orm_outputs),
+          train_prm.run_orm, train_prm.orm_outputs, hosts='all'),
     Stage('eval_verifiers', 'accuracy vs N of majority, PRM/ORM best-of-N and weighted BoN',
           eval_verifiers.run, eval_verifiers.outputs),
     Stage('eval_search', 'PRM-guided search (best-of-N, beam, lookahead, DVTS) per budget and '
-          'bin', eval_search.run, eval_search.outputs),
+          'bin', eval_search.run, eval_search.outputs, hosts='all'),
     Stage('revision_data', 'revision trajectories (incorrect attempts, then a correct one) '
           'from samples of training problems', revision_data.run, revision_data.outputs),
     Stage('train_revision', 'SFT of the revision model from the proposer on the trajectories',
-          train_revision.run, train_revision.outputs),
+          train_revision.run, train_revision.outputs, hosts='all'),
     Stage('train_revision_orm', "an ORM on the revision model's own attempts",
-          train_revision_orm.run, train_revision_orm.outputs),
+          train_revision_orm.run, train_revision_orm.outputs, hosts='all'),
     Stage('eval_revisions', 'revision chains: pass@1 per step, sequential vs parallel, the '
           'ratio sweep per bin', eval_revisions.run, eval_revisions.outputs),
     Stage('difficulty', 'oracle, predicted and deployable difficulty bins per test problem, with '
@@ -110,12 +115,23 @@ def select(config: ml_collections.ConfigDict, mode: str) -> list[Stage]:
 
 def execute(stage: Stage, config: ml_collections.ConfigDict, workdir: str,
             rebuild_stale: bool) -> None:
+  """Runs `stage` unless its outputs are done. In a job of several processes every process
+  calls this; each decides from the same workdir, and only process 0 writes (manifests too)."""
+  hosts.barrier(f'{stage.name}:begin')  # every process sees what the last stage finished
   outputs = stage.outputs(config, workdir)
-  if outputs and not manifest.begin(outputs, stage.name, rebuild_stale):
+  todo = not outputs or manifest.begin(outputs, stage.name, rebuild_stale)
+  hosts.barrier(f'{stage.name}:started')  # process 0 has deleted stale outputs, if asked
+  if not todo:
     return
   logging.info('stage %s in %s', stage.name, workdir)
   t0 = time.perf_counter()
-  stage.run(config, workdir)
+  if stage.hosts == 'all' or hosts.count() == 1:
+    stage.run(config, workdir)
+  else:
+    with hosts.first_only():
+      if hosts.is_writer():
+        stage.run(config, workdir)
+    hosts.barrier(f'{stage.name}:ran', timeout_s=hosts.WAIT_S)
   manifest.finish(outputs, time.perf_counter() - t0)
   logging.info('stage %s finished in %.1f s', stage.name, time.perf_counter() - t0)
 

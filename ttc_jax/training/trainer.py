@@ -20,8 +20,8 @@ import optax
 import orbax.checkpoint as ocp
 from absl import logging
 
-from ttc_jax.errors import CorruptArtifactError, MissingInputError
-from ttc_jax.parallel import sharding
+from ttc_jax.errors import ConfigError, CorruptArtifactError, MissingInputError
+from ttc_jax.parallel import hosts, sharding
 from ttc_jax.training.data import Batch, Examples, batch_at
 
 
@@ -57,9 +57,15 @@ def train_step(state: TrainState, batch: Batch, *, objective: Objective,
 
 
 def _manager(directory: str) -> ocp.CheckpointManager:
-  options = ocp.CheckpointManagerOptions(max_to_keep=2, create=True,
-                                         enable_async_checkpointing=False)
-  return ocp.CheckpointManager(os.path.abspath(directory), options=options)
+  directory = os.path.abspath(directory)
+  # orbax creates the directory itself only when every process of the job takes part.
+  everyone = hosts.active() == frozenset(range(hosts.count()))
+  if not everyone:
+    os.makedirs(directory, exist_ok=True)
+  options = ocp.CheckpointManagerOptions(max_to_keep=2, create=everyone,
+                                         enable_async_checkpointing=False,
+                                         multiprocessing_options=hosts.orbax_options())
+  return ocp.CheckpointManager(directory, options=options)
 
 
 def _restore(mngr: ocp.CheckpointManager, state: TrainState, directory: str,
@@ -98,6 +104,10 @@ def load_params(directory: str, objective: Objective, cfg: ml_collections.Config
         f'{sorted(mngr.all_steps())}); delete its info.json and {rerun} to finish training')
   optimizer = make_optimizer(cfg)
   abstract = jax.eval_shape(lambda: _initial_state(objective, cfg, optimizer, None))
+  # Whole on this process's first device, however many devices or processes trained it.
+  abstract = jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=hosts.local_sharding()),
+      abstract)
   return _restore(mngr, abstract, directory, step, stage).params
 
 
@@ -110,9 +120,14 @@ def train(objective: Objective, examples: Examples, cfg: ml_collections.ConfigDi
   `mesh` (a Mesh or a {axis: size} shape for `sharding.make_mesh`) shards the run: params and
   optimizer state by `rules` (a `sharding.RULES` name or rules), each batch over the rules' data
   axes; XLA averages the gradients. The same parameters as without a mesh, up to rounding.
+  In a job of several processes the mesh spans every process's devices (each process feeding
+  its devices' rows of each batch); the parameters come back whole on every process.
   """
   optimizer = make_optimizer(cfg)
-  jit_shardings = {}
+  jit_shardings, place = {}, lambda batch: batch
+  if mesh is None and hosts.shared():
+    raise ConfigError(f'{name}: a job of {hosts.count()} processes trains on a mesh over every '
+                      'device; pass one (config.mesh)')
   if mesh is None:
     state = _initial_state(objective, cfg, optimizer, init_params)
   else:
@@ -122,10 +137,13 @@ def train(objective: Objective, examples: Examples, cfg: ml_collections.ConfigDi
     state_sh = sharding.train_state_shardings(mesh, rules, optimizer, jax.eval_shape(
         init, init_params), getattr(objective, 'config', None))
     if init_params is not None:
-      init_params = jax.device_put(init_params, state_sh.params)
+      init_params = jax.tree.map(lambda x, s: hosts.global_array(jax.device_get(x), s),
+                                 init_params, state_sh.params)
     state = jax.jit(init, out_shardings=state_sh)(init_params)  # each device its shards only
-    jit_shardings = dict(in_shardings=(state_sh, sharding.batch_sharding(mesh, rules)),
+    batch_sh = sharding.batch_sharding(mesh, rules)
+    jit_shardings = dict(in_shardings=(state_sh, batch_sh),
                          out_shardings=(state_sh, sharding.replicated(mesh)))
+    place = lambda batch: jax.tree.map(lambda x: hosts.global_array(x, batch_sh), batch)
   mngr = _manager(directory)
   if mngr.latest_step() is not None:
     state = _restore(mngr, state, directory)
@@ -137,7 +155,7 @@ def train(objective: Objective, examples: Examples, cfg: ml_collections.ConfigDi
                     donate_argnames=('state',), **jit_shardings)
   t0, last_log = time.perf_counter(), start
   for step in range(start, min(cfg.steps, stop_after or cfg.steps)):
-    batch = batch_at(examples, step, cfg.batch_size, cfg.seed)
+    batch = place(batch_at(examples, step, cfg.batch_size, cfg.seed))
     state, metrics = step_fn(state, batch)
     done = step + 1
     if done % cfg.log_every == 0 or done == cfg.steps:
@@ -147,17 +165,19 @@ def train(objective: Objective, examples: Examples, cfg: ml_collections.ConfigDi
       eta = (cfg.steps - done) / max(rate, 1e-9)
       logging.info('%s: step %d/%d loss %.4f %.2f steps/s ETA %dm%02ds', name, done, cfg.steps,
                    metrics['loss'], rate, eta // 60, eta % 60)
-      with open(metrics_path, 'a') as f:
-        f.write(json.dumps(dict(metrics, step=done, steps_per_s=rate)) + '\n')
+      if hosts.is_writer():
+        with open(metrics_path, 'a') as f:
+          f.write(json.dumps(dict(metrics, step=done, steps_per_s=rate)) + '\n')
     if done % cfg.checkpoint_every == 0 or done == cfg.steps:
       mngr.save(done, args=ocp.args.StandardSave(state))
   mngr.wait_until_finished()
-  return state.params
+  hosts.barrier(f'{name}:trained')  # process 0's metrics.jsonl is complete
+  return hosts.to_local(state.params)
 
 
 def _truncate_metrics(path: str, step: int) -> None:
   """Drops log lines past the resumed step so the log reads as one uninterrupted run."""
-  if not os.path.exists(path):
+  if not os.path.exists(path) or not hosts.is_writer():
     return
   with open(path) as f:
     keep = [line for line in f if line.strip() and json.loads(line)['step'] <= step]
