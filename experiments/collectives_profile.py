@@ -2,9 +2,11 @@
 
     python experiments/collectives_profile.py --source=WORKDIR [--out=collectives.json]
 
+(A rerun skips the stages --out already holds: each is written as it finishes.)
+
 WORKDIR: a finished workdir of the default arith config (the README's main job). Each stage
-runs in a scratch copy of the inputs it needs, shortened (train_base 24 steps, train_prm 24
-steps, eval_search best-of-N and beam M=4 at budget 16 on 20 problems), under `jax.profiler`:
+runs in a scratch copy of the inputs it needs, shortened (train_base 8 steps, train_prm 8
+steps, eval_search best-of-N and beam M=4 at budget 16 on 10 problems), under `jax.profiler`:
 
 * train_base on `data=8` (params replicated, the gradient all-reduced) and on `data=2 x fsdp=4`
   (rules `fsdp`: params all-gathered, gradients reduce-scattered);
@@ -41,16 +43,16 @@ COLLECTIVES = ('all-reduce', 'all-gather', 'reduce-scatter', 'collective-permute
 EXECUTE = 'ThunkExecutor::Execute'
 # (name, stage, config changes, workdir entries copied from the source)
 RUNS = (
-    ('train_base data=8', 'train_base', {'train.steps': 24, 'mesh.data': 8},
+    ('train_base data=8', 'train_base', {'train.steps': 8, 'mesh.data': 8},
      ('data', 'tokenizer')),
     ('train_base data=2 x fsdp=4', 'train_base',
-     {'train.steps': 24, 'mesh.data': 2, 'mesh.fsdp': 4, 'mesh.rules': 'fsdp'},
+     {'train.steps': 8, 'mesh.data': 2, 'mesh.fsdp': 4, 'mesh.rules': 'fsdp'},
      ('data', 'tokenizer')),
-    ('train_prm data=8', 'train_prm', {'train_prm.steps': 24, 'mesh.data': 8},
+    ('train_prm data=8', 'train_prm', {'train_prm.steps': 8, 'mesh.data': 8},
      ('data', 'tokenizer', 'models', 'samples', 'calibration', 'prm_data')),
     ('eval_search data=8', 'eval_search',
      {'search.methods': ('best_of_n', 'beam_m4'), 'search.budgets': (16,),
-      'search.max_problems': 20},
+      'search.max_problems': 10},
      ('data', 'tokenizer', 'models', 'samples', 'calibration', 'prm_data')),
 )
 
@@ -86,12 +88,15 @@ def main() -> None:
   parser.add_argument('--out', default='collectives.json')
   args = parser.parse_args()
   assert jax.device_count() == 8, jax.devices()
-  results = {}
+  # A rerun keeps the stages --out already holds.
+  results = json.load(open(args.out)) if os.path.exists(args.out) else {}
   for name, stage, changes, inputs in RUNS:
+    if name in results:
+      continue
     with tempfile.TemporaryDirectory() as scratch:
       for entry in inputs:
         shutil.copytree(os.path.join(args.source, entry), os.path.join(scratch, entry),
-                        ignore=shutil.ignore_patterns('large', 'revision_*', 'orm_*', '*.png'))
+                        ignore=shutil.ignore_patterns('large', 'revision_*', 'orm_*'))
       # The shortened stage's own output is stale against the copy: rebuild_stale remakes it.
       config = _config(changes)
       t0 = time.perf_counter()
@@ -99,12 +104,12 @@ def main() -> None:
         stages.execute(stages.table(config)[stage], config, scratch, rebuild_stale=True)
       seconds = time.perf_counter() - t0
       results[name] = dict(_shares(os.path.join(scratch, 'trace')), wall_seconds=seconds)
+    with open(args.out, 'w') as f:
+      json.dump(results, f, indent=1)
     r = results[name]
     print(f'{name:28s} collectives {100 * r["collective_share"]:5.1f}% of '
           f'{r["device_seconds"]:8.1f} device-s ({r["wall_seconds"]:.0f} s wall); '
           + ', '.join(f'{k} {v:.2f} s' for k, v in r['by_op_seconds'].items()), flush=True)
-  with open(args.out, 'w') as f:
-    json.dump(results, f, indent=1)
   print(f'wrote {args.out}')
 
 

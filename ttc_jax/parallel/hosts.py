@@ -143,15 +143,16 @@ def local_sharding() -> jax.sharding.Sharding:
 
 
 def to_local(tree: Any) -> Any:
-  """Arrays laid out over every process's devices, whole on this process's first device (what
-  one process then computes with on its own); arrays already local pass through."""
-  if count() == 1:
-    return tree
+  """Arrays laid out over several devices (this process's, or every process's), whole on this
+  process's first device: what one process then computes with on its own, beside params that
+  were loaded there."""
   from jax.experimental import multihost_utils
 
   def local(x):
-    if not isinstance(x, jax.Array) or x.is_fully_addressable:
+    if not isinstance(x, jax.Array) or len(x.sharding.device_set) == 1:
       return x
+    if x.is_fully_addressable:
+      return jax.device_put(x, local_sharding())
     return jax.device_put(np.asarray(multihost_utils.process_allgather(x, tiled=True)),
                           local_sharding())
   return jax.tree.map(local, tree)

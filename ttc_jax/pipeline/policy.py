@@ -305,8 +305,10 @@ def _plot_exchange(exchange: dict, path: str) -> None:
       cells = exchange['ratios'][r]['spaces'][space]['bins']
       ys = [cells[b].get('relative_paper_%') for b in bins]
       xs = np.arange(len(bins)) + n * width
+      paper = exchange['ratios'][r]['spaces'][space]['paper']
+      shown = f', shown at {paper["budget"]}' if paper['K_exceeds_measured'] else ''
       ax.bar(xs, [0 if y is None else y for y in ys], width,
-             label=f'R = {r} (K = {exchange["ratios"][r]["K"]:.0f})')
+             label=f'R = {r} (K = {exchange["ratios"][r]["K"]:.0f}{shown})')
       for x, y in zip(xs, ys):
         if y is None:
           ax.text(x, 0, 'n/a', ha='center', va='bottom', fontsize=6)
