@@ -136,6 +136,27 @@ def test_one_pass_scoring_equals_per_prefix_reference(name, batch_tokens, bucket
         rtol=1e-4)
 
 
+def test_scoring_on_a_mesh_equals_one_device():
+  """Rows split over 8 devices where a pass's padded row count divides, on one device where not,
+  over several passes (a sharded pass then the next one), give one device's logits."""
+  config = cfg_lib.get_config('tiny_gemma3')
+  params = ValueRegression(config).init(jax.random.key(0))
+  rng = np.random.default_rng(2)
+  delim, eos = 4, 1
+  prompts = [rng.integers(5, config.vocab_size, rng.integers(1, 8)).tolist() for _ in range(28)]
+  comps = [rng.integers(5, config.vocab_size, n).tolist() + [delim, 7, eos]
+           for n in rng.integers(4, 90, 28)]
+  kw = dict(delimiter_id=delim, eos_id=eos, batch_tokens=512, buckets=(32, 64, 128))
+  one = Scorer(config, **kw).step_logits(params, prompts, comps)
+  mesh = jax.make_mesh((8,), ('data',), axis_types=(jax.sharding.AxisType.Auto,))
+  scorer = Scorer(config, mesh=mesh, **kw)
+  order = sorted(range(28), key=lambda i: len(prompts[i]) + len(comps[i]))
+  passes = scorer._batches([len(prompts[i]) + len(comps[i]) for i in order])
+  assert len(passes) > 2 and any(1 << (len(b) - 1).bit_length() >= 8 for b in passes[:-1])
+  for a, b in zip(scorer.step_logits(params, prompts, comps), one):
+    np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5)
+
+
 def test_scorer_bad_input():
   config = cfg_lib.get_config('tiny_gemma3')
   params = ValueRegression(config).init(jax.random.key(0))

@@ -171,8 +171,7 @@ class Scorer:
         completion[j, starts[i]:len(rows[i])] = 1.0
       args = (tokens, completion)
       if self.mesh is not None and len(tokens) % self.mesh.devices.size == 0:
-        rows = NamedSharding(self.mesh, PartitionSpec('data'))
-        args = jax.device_put(args, rows)
+        args = jax.device_put(args, NamedSharding(self.mesh, PartitionSpec('data')))
       values = np.asarray(fn(params, *args, config=self.config, eos_id=self.eos_id))
       for j, i in enumerate(chunk):
         out[i] = values[j, reads[i]].astype(np.float32)
