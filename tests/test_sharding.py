@@ -188,7 +188,8 @@ def test_sharded_checkpoint_resumes_in_sharded_layout(tmp_path, single_device):
   trainer.train(obj, _examples(), cfg, str(tmp_path), 'cut', mesh=mesh, rules='fsdp',
                 stop_after=2)
   # The resumed run restores step 2 into the sharded layout, then finishes as one run would.
-  resumed = trainer.train(obj, _examples(), cfg, str(tmp_path), 'cut', mesh=mesh, rules='fsdp')
+  resumed = trainer.train(obj, _examples(), cfg, str(tmp_path), 'cut', mesh=mesh, rules='fsdp',
+                          keep_layout=True)
   _assert_close(resumed, single_device[0])
   emb = resumed['embedder']['input_embedding']
   assert emb.sharding.spec == jax.sharding.PartitionSpec('fsdp', None)
@@ -218,7 +219,8 @@ def test_sharded_training_from_given_params(tmp_path, single_device):
   # As the fine-tuning stages call it: init_params made on one device, then sharded.
   init = transformer.init_params(TINY, jax.random.key(0))
   params = trainer.train(objectives.LanguageModeling(TINY), _examples(), _cfg(), str(tmp_path),
-                         'ft', init_params=init, mesh={'fsdp': 8}, rules=(('embed', 'fsdp'),))
+                         'ft', init_params=init, mesh={'fsdp': 8}, rules=(('embed', 'fsdp'),),
+                         keep_layout=True)
   _assert_close(params, single_device[0])
   assert params['embedder']['input_embedding'].sharding.spec == jax.sharding.PartitionSpec(
       None, 'fsdp')

@@ -113,7 +113,8 @@ def load_params(directory: str, objective: Objective, cfg: ml_collections.Config
 
 def train(objective: Objective, examples: Examples, cfg: ml_collections.ConfigDict,
           directory: str, name: str, init_params: Any = None,
-          stop_after: int | None = None, mesh: Any = None, rules: Any = 'data') -> Any:
+          stop_after: int | None = None, mesh: Any = None, rules: Any = 'data',
+          keep_layout: bool = False) -> Any:
   """Trains to cfg.steps, checkpointing into `directory`; resumes from its latest checkpoint.
 
   `stop_after` ends the run early at that step (as a kill would), leaving its checkpoints.
@@ -121,7 +122,8 @@ def train(objective: Objective, examples: Examples, cfg: ml_collections.ConfigDi
   optimizer state by `rules` (a `sharding.RULES` name or rules), each batch over the rules' data
   axes; XLA averages the gradients. The same parameters as without a mesh, up to rounding.
   In a job of several processes the mesh spans every process's devices (each process feeding
-  its devices' rows of each batch); the parameters come back whole on every process.
+  its devices' rows of each batch); the parameters come back whole on one device of every
+  process (`keep_layout`: as trained, laid out over the mesh).
   """
   optimizer = make_optimizer(cfg)
   jit_shardings, place = {}, lambda batch: batch
@@ -172,7 +174,7 @@ def train(objective: Objective, examples: Examples, cfg: ml_collections.ConfigDi
       mngr.save(done, args=ocp.args.StandardSave(state))
   mngr.wait_until_finished()
   hosts.barrier(f'{name}:trained')  # process 0's metrics.jsonl is complete
-  return hosts.to_local(state.params)
+  return state.params if keep_layout else hosts.to_local(state.params)
 
 
 def _truncate_metrics(path: str, step: int) -> None:
