@@ -76,6 +76,11 @@ def is_writer() -> bool:
   return index() == 0
 
 
+def everyone() -> bool:
+  """Whether every process of the job runs the current stage (not `first_only`)."""
+  return _ACTIVE is None or _ACTIVE == frozenset(range(count()))
+
+
 def shared() -> bool:
   """Whether several processes run the current stage together."""
   return len(active()) > 1
@@ -124,7 +129,7 @@ def barrier(name: str, timeout_s: float = 600) -> None:
 def orbax_options():
   """orbax's MultiprocessingOptions for the processes of the current stage."""
   import orbax.checkpoint as ocp
-  if _ACTIVE is None or count() == 1:
+  if everyone():
     return ocp.options.MultiprocessingOptions()
   return ocp.options.MultiprocessingOptions(primary_host=0, active_processes=set(_ACTIVE),
                                             barrier_sync_key_prefix='first_only')

@@ -59,10 +59,9 @@ def train_step(state: TrainState, batch: Batch, *, objective: Objective,
 def _manager(directory: str) -> ocp.CheckpointManager:
   directory = os.path.abspath(directory)
   # orbax creates the directory itself only when every process of the job takes part.
-  everyone = hosts.active() == frozenset(range(hosts.count()))
-  if not everyone:
+  if not hosts.everyone():
     os.makedirs(directory, exist_ok=True)
-  options = ocp.CheckpointManagerOptions(max_to_keep=2, create=everyone,
+  options = ocp.CheckpointManagerOptions(max_to_keep=2, create=hosts.everyone(),
                                          enable_async_checkpointing=False,
                                          multiprocessing_options=hosts.orbax_options())
   return ocp.CheckpointManager(directory, options=options)
