@@ -146,6 +146,48 @@ def test_sharded_init_is_sharded_and_equals_unsharded():
   _assert_close(params, init(jax.random.key(1)))
 
 
+# --- activations and the KV cache ---------------------------------------------------------------
+
+def _prefill(params, tokens):
+  cache = transformer.init_cache(TINY, tokens.shape[0], 16)
+  return transformer.Transformer(TINY).apply({'params': params}, tokens, cache=cache)
+
+
+def test_activations_and_cache_follow_the_rules():
+  """Under `axis_rules`, the KV cache and logits come out of a jitted prefill in the layout their
+  logical axes get (batch on data x fsdp, kv heads and vocab on tensor), with the same values."""
+  params = transformer.init_params(TINY, jax.random.key(0))
+  tokens = jnp.asarray(np.random.default_rng(0).integers(3, 60, (8, 6)), jnp.int32)
+  want = jax.jit(_prefill)(params, tokens)
+  mesh = sharding.make_mesh({'data': 2, 'fsdp': 2, 'tensor': 2})
+  with sharding.axis_rules(mesh, 'fsdp_tensor'):
+    got = jax.jit(_prefill)(params, tokens)
+  P = jax.sharding.PartitionSpec
+  k, v = got.cache.layers[0].k, got.cache.layers[0].v  # [B, K, H, S], [B, K, S, H]
+  assert k.sharding.spec == P(('data', 'fsdp'), 'tensor')  # trailing dimensions replicated
+  assert v.sharding.spec == P(('data', 'fsdp'), 'tensor')
+  assert got.cache.valid.sharding.spec == P(('data', 'fsdp'))
+  assert got.logits.sharding.spec == P(('data', 'fsdp'), None, 'tensor')  # [B, T, V]
+  _assert_close(got, want, atol=1e-5)
+
+
+def test_constraints_are_identity_outside_the_rules():
+  params = transformer.init_params(TINY, jax.random.key(0))
+  tokens = jnp.ones((8, 6), jnp.int32)
+  outside = str(jax.make_jaxpr(_prefill)(params, tokens))
+  assert 'sharding_constraint' not in outside
+  with sharding.axis_rules(sharding.make_mesh({'data': 8}), 'data'):
+    inside = str(jax.make_jaxpr(_prefill)(params, tokens))
+  # residual, q, k, v, mlp per layer, the cache, the logits: every one named.
+  assert inside.count('sharding_constraint') >= 2 * 5 + 4
+
+
+def test_rules_naming_an_unknown_mesh_axis_fail_on_entry():
+  with pytest.raises(ConfigError, match="names mesh axis 'fsdp'"):
+    with sharding.axis_rules(sharding.make_mesh({'data': 8}), 'fsdp_tensor'):
+      pass
+
+
 # --- sharded training ---------------------------------------------------------------------------
 
 def _metrics(directory):

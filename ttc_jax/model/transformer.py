@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from ttc_jax.model.config import AttentionType, TransformerConfig
+from ttc_jax.parallel.sharding import constrain
 
 K_MASK = -2.3819763e38  # Large negative logit for masked keys (the value Gemma uses).
 PAD_ID = 0
@@ -54,12 +55,24 @@ def init_cache(config: TransformerConfig, batch_size: int, cache_size: int) -> C
   k_shape = (batch_size, config.num_kv_heads, config.head_dim, cache_size)
   v_shape = (batch_size, config.num_kv_heads, cache_size, config.head_dim)
   layer = lambda: LayerCache(k=jnp.zeros(k_shape, dtype), v=jnp.zeros(v_shape, dtype))
-  return Cache(
+  return constrain_cache(Cache(
       layers=tuple(layer() for _ in range(config.num_layers)),
       valid=jnp.zeros((batch_size, cache_size), bool),
       positions=jnp.zeros((batch_size, cache_size), jnp.int32),
       next_position=jnp.zeros((batch_size,), jnp.int32),
-      end_index=jnp.zeros((), jnp.int32))
+      end_index=jnp.zeros((), jnp.int32)))
+
+
+def constrain_cache(cache: Cache) -> Cache:
+  """The cache laid out by its logical axes under the active sharding rules (parallel/sharding.py
+  `axis_rules`): batch, kv_heads, kv (head_dim) and cache_sequence."""
+  return Cache(
+      layers=tuple(LayerCache(k=constrain(l.k, 'cache_k'), v=constrain(l.v, 'cache_v'))
+                   for l in cache.layers),
+      valid=constrain(cache.valid, 'cache_slots'),
+      positions=constrain(cache.positions, 'cache_slots'),
+      next_position=constrain(cache.next_position, 'rows'),
+      end_index=cache.end_index)
 
 
 @flax.struct.dataclass
@@ -147,6 +160,8 @@ class Attention(nn.Module):
       key, value = HeadsIn((2, k, d, h), c.param_dtype, name='kv_einsum')(x_BxTxD)
     # [N or K, B, T, H] -> [B, T, N or K, H]
     q, key, value = (a.transpose(1, 2, 0, 3) for a in (q, key, value))
+    q = constrain(q, 'query')
+    key, value = constrain(key, 'key_value'), constrain(value, 'key_value')
     if c.use_qk_norm:
       q = RMSNorm(name='_query_norm')(q)
       key = RMSNorm(name='_key_norm')(key)
@@ -225,7 +240,7 @@ class FeedForward(nn.Module):
     else:
       w = self.param('gating_einsum', init, (2, c.embed_dim, c.hidden_dim), dtype)
       gate = _mm(x_BxTxD, w, '...F,NFH->...NH')
-    act = nn.gelu(gate[..., 0, :]) * gate[..., 1, :]
+    act = constrain(nn.gelu(gate[..., 0, :]) * gate[..., 1, :], 'mlp_hidden')
     linear = self.param('linear', init, (c.hidden_dim, c.embed_dim), dtype)
     return _mm(act, linear, '...H,HF->...F')
 
@@ -359,13 +374,14 @@ class Transformer(nn.Module):
                                              c.sliding_window_size)
 
     embedder = Embedder(c, name='embedder')
-    x = embedder.encode(tokens_BxT)
+    x = constrain(embedder.encode(tokens_BxT), 'residual')
     new_layers = []
     for i, attn_type in enumerate(c.attention_types):
       mask = local_mask if attn_type == AttentionType.LOCAL_SLIDING else global_mask
       layer_cache = None if cache is None else cache.layers[i]
       x, layer_cache = Block(c, attn_type, name=f'layer_{i}')(
           x, positions, mask, layer_cache, start)
+      x = constrain(x, 'residual')
       new_layers.append(layer_cache)
     x = RMSNorm(name='final_norm')(x)
 
@@ -374,15 +390,16 @@ class Transformer(nn.Module):
     logits = embedder.decode(x)
     if c.final_logit_softcap is not None:
       logits = jnp.tanh(logits / c.final_logit_softcap) * c.final_logit_softcap
+    logits = constrain(logits, 'last_logits' if logits_at_B is not None else 'logits')
 
     new_cache = None
     if cache is not None:
-      new_cache = Cache(
+      new_cache = constrain_cache(Cache(
           layers=tuple(new_layers),
           valid=jax.lax.dynamic_update_slice(cache.valid, input_mask_BxT, (0, start)),
           positions=jax.lax.dynamic_update_slice(cache.positions, positions, (0, start)),
           next_position=cache.next_position + jnp.sum(input_mask_BxT, axis=-1, dtype=jnp.int32),
-          end_index=cache.end_index + t)
+          end_index=cache.end_index + t))
     return Output(logits=logits, hidden=x if return_hidden else None, cache=new_cache)
 
 

@@ -11,6 +11,12 @@ Three layers, each a plain value a config can hold:
   replicated. Presets in `RULES`.
 * A mesh (`make_mesh`, Auto axis types: the compiler places the collectives; gradients are
   averaged over the data axes by XLA, with no pmap or hand-written psum).
+* Activations and the KV cache name their dimensions too (`ACTIVATION_AXES`), through
+  `constrain(x, axes)` calls in model/transformer.py. Inside `axis_rules(mesh, rules)` each call
+  pins that array's layout by the same rules (a sharding constraint); outside one, and inside a
+  shard_map, it is the identity. The mesh is part of every jit's cache key (`jax.set_mesh`),
+  the rules are not: a process uses one rule set per mesh shape for a module-level jit (the
+  trainer makes its step's jit afresh on every run). A constraint never changes a value.
 
 Resolving a param's PartitionSpec walks the rules in order (earlier rules have priority) and
 gives each matching dimension its mesh axes unless one of them is already used by another
@@ -21,6 +27,8 @@ tiny test model's odd vocab), and its mesh axes stay free for a later rule.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
 from typing import Any, Callable, Mapping, Sequence
 
@@ -60,6 +68,21 @@ _GATING_AXES = {True: ('stack', 'mlp', 'embed'),  # transpose_gating_einsum: [2,
                 False: ('stack', 'embed', 'mlp')}  # [2, D, F]
 
 Rules = tuple[tuple[str, tuple[str, ...] | None], ...]
+
+# The logical axes of the model's activations and KV cache (the names `constrain` is given in
+# model/transformer.py), besides the parameter axes above.
+ACTIVATION_AXES: dict[str, tuple[str, ...]] = {
+    'residual': ('batch', 'length', 'embed'),  # [B, T, D] between blocks
+    'query': ('batch', 'length', 'heads', 'kv'),  # [B, T, N, H]
+    'key_value': ('batch', 'length', 'kv_heads', 'kv'),  # [B, T, K, H]
+    'mlp_hidden': ('batch', 'length', 'mlp'),  # [B, T, F]
+    'logits': ('batch', 'length', 'vocab'),  # [B, T, V]
+    'last_logits': ('batch', 'vocab'),  # [B, V] (`logits_at_B`)
+    'cache_k': ('batch', 'kv_heads', 'kv', 'cache_sequence'),  # [B, K, H, S]
+    'cache_v': ('batch', 'kv_heads', 'cache_sequence', 'kv'),  # [B, K, S, H]
+    'cache_slots': ('batch', 'cache_sequence'),  # [B, S] valid, positions
+    'rows': ('batch',),  # [B] next_position
+}
 
 RULES: dict[str, tuple] = {
     # Everything on every device; the batch too (a mesh of one device is today's trainer).
@@ -193,6 +216,38 @@ def spec_for(axes: Sequence[str | None], shape: Sequence[int], mesh, rules) -> P
         used |= set(mesh_axes)
         break
   return P(*spec)
+
+
+_ACTIVE_RULES: contextvars.ContextVar[Rules | None] = contextvars.ContextVar(
+    'ttc_jax_axis_rules', default=None)
+
+
+@contextlib.contextmanager
+def axis_rules(mesh, rules):
+  """Within this block, functions traced (jitted) lay out activations and the KV cache over
+  `mesh` by `rules` (see `constrain`). The mesh becomes JAX's context mesh (`jax.set_mesh`)."""
+  rules = normalize_rules(rules)
+  _check_axes(mesh, rules)
+  token = _ACTIVE_RULES.set(rules)
+  try:
+    with jax.set_mesh(mesh):
+      yield
+  finally:
+    _ACTIVE_RULES.reset(token)
+
+
+def constrain(x: jax.Array, kind: str) -> jax.Array:
+  """x pinned to the layout its logical axes (`ACTIVATION_AXES[kind]`) get under the active
+  `axis_rules`; x itself outside them or inside a shard_map (whose axes are manual)."""
+  axes = ACTIVATION_AXES[kind]
+  if len(axes) != x.ndim:
+    raise ValueError(f'activation {kind!r} has shape {x.shape} but ACTIVATION_AXES gives it '
+                     f'{len(axes)} axes {axes}')
+  rules = _ACTIVE_RULES.get()
+  mesh = jax.sharding.get_abstract_mesh()
+  if rules is None or mesh.empty or mesh.manual_axes:
+    return x
+  return jax.lax.with_sharding_constraint(x, spec_for(axes, x.shape, mesh, rules))
 
 
 def param_shardings(mesh, rules, abstract_params, config=None) -> Any:

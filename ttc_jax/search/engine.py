@@ -24,6 +24,7 @@ round's jitted calls compile once per shape (and per chunk-width bucket of the v
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 from typing import Callable, Sequence
@@ -35,6 +36,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from ttc_jax.errors import ConfigError
 from ttc_jax.model.config import TransformerConfig
+from ttc_jax.parallel import sharding
 from ttc_jax.sampling import sampler
 from ttc_jax.search import beams as beams_lib
 from ttc_jax.search import incremental
@@ -155,10 +157,12 @@ def search(config: SearchConfig, models: Models, prompts: Sequence[Sequence[int]
     raise ConfigError('search needs at least one prompt, each with at least one token')
   lay = _Layout(len(prompts), mesh)
   padded = list(prompts) + [prompts[-1]] * (lay.problems - len(prompts))
-  if config.method == 'best_of_n':
-    results = _best_of_n(config, models, padded, key, answer_of, lay, batch_tokens)
-  else:
-    results = _step_search(config, models, padded, key, answer_of, lay, progress)
+  # On a mesh, the KV caches and activations are laid out by their logical axes (rows on 'data').
+  with contextlib.nullcontext() if mesh is None else sharding.axis_rules(mesh, 'data'):
+    if config.method == 'best_of_n':
+      results = _best_of_n(config, models, padded, key, answer_of, lay, batch_tokens)
+    else:
+      results = _step_search(config, models, padded, key, answer_of, lay, progress)
   return results[:len(prompts)]
 
 

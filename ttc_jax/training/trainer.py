@@ -6,6 +6,7 @@ with exactly the parameters of an uninterrupted one.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -155,22 +156,26 @@ def train(objective: Objective, examples: Examples, cfg: ml_collections.ConfigDi
   step_fn = jax.jit(functools.partial(train_step, objective=objective, optimizer=optimizer),
                     donate_argnames=('state',), **jit_shardings)
   t0, last_log = time.perf_counter(), start
-  for step in range(start, min(cfg.steps, stop_after or cfg.steps)):
-    batch = place(batch_at(examples, step, cfg.batch_size, cfg.seed))
-    state, metrics = step_fn(state, batch)
-    done = step + 1
-    if done % cfg.log_every == 0 or done == cfg.steps:
-      metrics = {k: float(v) for k, v in metrics.items()}
-      rate = (done - last_log) / (time.perf_counter() - t0)
-      t0, last_log = time.perf_counter(), done
-      eta = (cfg.steps - done) / max(rate, 1e-9)
-      logging.info('%s: step %d/%d loss %.4f %.2f steps/s ETA %dm%02ds', name, done, cfg.steps,
-                   metrics['loss'], rate, eta // 60, eta % 60)
-      if hosts.is_writer():
-        with open(metrics_path, 'a') as f:
-          f.write(json.dumps(dict(metrics, step=done, steps_per_s=rate)) + '\n')
-    if done % cfg.checkpoint_every == 0 or done == cfg.steps:
-      mngr.save(done, args=ocp.args.StandardSave(state))
+  # Every step runs inside the rules (the context mesh is part of the jit's cache key), so
+  # activations are laid out by their logical axes too.
+  layout = contextlib.nullcontext() if mesh is None else sharding.axis_rules(mesh, rules)
+  with layout:
+    for step in range(start, min(cfg.steps, stop_after or cfg.steps)):
+      batch = place(batch_at(examples, step, cfg.batch_size, cfg.seed))
+      state, metrics = step_fn(state, batch)
+      done = step + 1
+      if done % cfg.log_every == 0 or done == cfg.steps:
+        metrics = {k: float(v) for k, v in metrics.items()}
+        rate = (done - last_log) / (time.perf_counter() - t0)
+        t0, last_log = time.perf_counter(), done
+        eta = (cfg.steps - done) / max(rate, 1e-9)
+        logging.info('%s: step %d/%d loss %.4f %.2f steps/s ETA %dm%02ds', name, done, cfg.steps,
+                     metrics['loss'], rate, eta // 60, eta % 60)
+        if hosts.is_writer():
+          with open(metrics_path, 'a') as f:
+            f.write(json.dumps(dict(metrics, step=done, steps_per_s=rate)) + '\n')
+      if done % cfg.checkpoint_every == 0 or done == cfg.steps:
+        mngr.save(done, args=ocp.args.StandardSave(state))
   mngr.wait_until_finished()
   hosts.barrier(f'{name}:trained')  # process 0's metrics.jsonl is complete
   return state.params if keep_layout else hosts.to_local(state.params)
