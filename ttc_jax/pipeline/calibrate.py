@@ -9,7 +9,6 @@ for both and its rows also carry the base model's pass@1 (the FLOPs-matched comp
 from __future__ import annotations
 
 
-import matplotlib
 import ml_collections
 import numpy as np
 from absl import logging
@@ -18,12 +17,9 @@ from ttc_jax import artifacts
 from ttc_jax import manifest
 from ttc_jax import workdir as wd
 from ttc_jax.errors import UserError
-from ttc_jax.pipeline import common, sample
+from ttc_jax.pipeline import common, figures, sample
 from ttc_jax.tasks import arith
 from ttc_jax.verifiers.evaluation import difficulty_bins, pass_at_k
-
-matplotlib.use('Agg')
-import matplotlib.pyplot as plt  # noqa: E402
 
 
 def summarize(recs: list[dict], ks: tuple[int, ...]) -> dict:
@@ -107,6 +103,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
 
 
 def _plot(result: dict, ks: tuple[int, ...], path: str) -> None:
+  plt = figures.pyplot()
   fig, ax = plt.subplots(figsize=(5, 3.5))
   for b, row in result['bins'].items():
     xs = [k for k in ks if f'pass@{k}' in row]

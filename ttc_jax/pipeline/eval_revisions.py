@@ -18,7 +18,6 @@ import os
 import time
 
 import jax
-import matplotlib
 import ml_collections
 import numpy as np
 from absl import logging
@@ -27,15 +26,13 @@ from ttc_jax import artifacts
 from ttc_jax import manifest
 from ttc_jax import workdir as wd
 from ttc_jax.errors import ConfigError
-from ttc_jax.pipeline import common, eval_search, train_prm
+from ttc_jax.pipeline import common, eval_search, figures, train_prm
 from ttc_jax.pipeline.train_revision import load_revision_model
 from ttc_jax.pipeline.train_revision_orm import load_revision_verifier, verifier_prompt
 from ttc_jax.revision import analysis, chains
 from ttc_jax.tasks import arith
 from ttc_jax.verifiers import scoring, selection
 
-matplotlib.use('Agg')
-import matplotlib.pyplot as plt  # noqa: E402
 
 STAGE = 'eval_revisions'
 VERIFIERS = ('revision_orm', 'base_prm')
@@ -277,6 +274,7 @@ def findings(result: dict) -> dict:
 
 
 def _plot_fig6(result: dict, path: str) -> None:
+  plt = figures.pyplot()
   fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
   for group, v in result['pass_at_1'].items():
     ys = v['by_step']
@@ -305,6 +303,7 @@ def _plot_fig6(result: dict, path: str) -> None:
 
 
 def _plot_fig7(result: dict, path: str) -> None:
+  plt = figures.pyplot()
   fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
   length = lambda k: int(k.split('x')[1])
   for n, splits in sorted(result['ratios'].items(), key=lambda kv: int(kv[0])):

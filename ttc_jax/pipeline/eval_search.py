@@ -22,7 +22,6 @@ import re
 import time
 
 import jax
-import matplotlib
 import ml_collections
 import numpy as np
 from absl import logging
@@ -32,13 +31,11 @@ from ttc_jax import manifest
 from ttc_jax import workdir as wd
 from ttc_jax.errors import ConfigError
 from ttc_jax.parallel import hosts
-from ttc_jax.pipeline import common, train_base, train_prm
+from ttc_jax.pipeline import common, figures, train_base, train_prm
 from ttc_jax.search import engine
 from ttc_jax.tasks import arith
 from ttc_jax.verifiers import selection
 
-matplotlib.use('Agg')
-import matplotlib.pyplot as plt  # noqa: E402
 
 STAGE = 'eval_search'
 _METHOD = re.compile(r'(best_of_n)|(beam|dvts)_m(\d+|sqrt)|(lookahead)_k(\d+)_m(\d+|sqrt)')
@@ -283,6 +280,7 @@ def findings(table: dict) -> dict:
 
 
 def _plot(result: dict, path: str) -> None:
+  plt = figures.pyplot()
   fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
   for label, budgets in sorted(result['methods'].items()):
     xs = sorted(int(b) for b in budgets)

@@ -18,7 +18,6 @@ import os
 import time
 from typing import Callable
 
-import matplotlib
 import ml_collections
 import numpy as np
 from absl import logging
@@ -27,13 +26,11 @@ from ttc_jax import artifacts
 from ttc_jax import manifest
 from ttc_jax import workdir as wd
 from ttc_jax.errors import BadInputError, UserError
-from ttc_jax.pipeline import common, prm_data, sample, sample_shards, train_prm
+from ttc_jax.pipeline import common, figures, prm_data, sample, sample_shards, train_prm
 from ttc_jax.tasks import arith
 from ttc_jax.verifiers import evaluation, scoring, selection
 from ttc_jax.verifiers.evaluation import Method
 
-matplotlib.use('Agg')
-import matplotlib.pyplot as plt  # noqa: E402
 
 STAGE = 'eval_verifiers'
 KINDS = artifacts.VERIFIER_KINDS
@@ -225,11 +222,13 @@ PLOTTED = ('majority', 'prm_bon_last', 'prm_bon_min', 'prm_bon_prod', 'prm_weigh
 
 
 def _save(fig, path: str) -> None:
+  plt = figures.pyplot()
   wd.atomic_write_figure(fig, path)
   plt.close(fig)
 
 
 def _plot_accuracy(result: dict, path: str) -> None:
+  plt = figures.pyplot()
   groups = result['groups']
   fig, axes = plt.subplots(2, -(-len(groups) // 2), figsize=(13, 7), sharex=True)
   for ax, (g, row) in zip(axes.ravel(), groups.items()):
@@ -255,6 +254,7 @@ def _plot_accuracy(result: dict, path: str) -> None:
 
 
 def _plot_reliability(calib: dict, path: str) -> None:
+  plt = figures.pyplot()
   fig, ax = plt.subplots(figsize=(4.5, 4))
   used = [b for b in calib['bins'] if b['count']]
   ax.plot([0, 1], [0, 1], ':', color='gray')

@@ -22,7 +22,6 @@ policy_fig8.png (revisions), policy_fig9.png (the exchange).
 
 from __future__ import annotations
 
-import matplotlib
 import ml_collections
 import numpy as np
 from absl import logging
@@ -32,12 +31,10 @@ from ttc_jax import manifest
 from ttc_jax import workdir as wd
 from ttc_jax.compute import flops
 from ttc_jax.errors import ConfigError
-from ttc_jax.pipeline import common, difficulty, eval_revisions, eval_search
+from ttc_jax.pipeline import common, difficulty, eval_revisions, eval_search, figures
 from ttc_jax.pipeline import exchange as exchange_lib
 from ttc_jax.policy import selection
 
-matplotlib.use('Agg')
-import matplotlib.pyplot as plt  # noqa: E402
 
 STAGE = 'policy'
 BINNINGS = ('oracle', 'predicted', 'deployable')
@@ -270,6 +267,7 @@ _STYLE = {'compute_optimal_oracle': ('compute-optimal (oracle bins)', 'C3', '-')
 
 def _plot_curves(entry: dict, title: str, path: str) -> None:
   """The paper's Figure 4 (search) / Figure 8 (revisions): accuracy vs generation budget."""
+  plt = figures.pyplot()
   fig, ax = plt.subplots(figsize=(6, 4))
   for key, (label, color, ls) in _STYLE.items():
     c = entry['curves'][key]
@@ -289,6 +287,7 @@ def _plot_curves(entry: dict, title: str, path: str) -> None:
 def _plot_exchange(exchange: dict, path: str) -> None:
   """The paper's Figure 9: per R and oracle bin, the relative improvement (%) of the small model
   with compute-optimal test-time compute over the larger model's greedy pass@1."""
+  plt = figures.pyplot()
   fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
   for ax, space in zip(axes, ('revisions', 'search')):
     ax.set_title(f'{space}: small + test-time compute vs {exchange.get("large_model", "large")}')

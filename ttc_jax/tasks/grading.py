@@ -17,8 +17,6 @@ import threading
 import time
 from typing import Sequence
 
-from math_verify import parse, verify
-from math_verify.errors import TimeoutException
 
 STYLES = ('math', 'gsm8k')
 _TIMEOUT_S = 5
@@ -109,12 +107,21 @@ def _latex(answer: str) -> str:
   return answer
 
 
+@functools.cache
+def _math_verify():
+  """Math-Verify, imported on first use (it and sympy take 0.5 s every launcher start would
+  pay)."""
+  import math_verify  # pylint: disable=g-import-not-at-top
+  import math_verify.errors  # pylint: disable=g-import-not-at-top
+  return math_verify
+
+
 @functools.lru_cache(maxsize=1 << 16)
 def _parse(answer: str, timeout: int | None) -> tuple:
   """Math-Verify's parse of a bare answer, preferring a reading that yields a sympy object."""
   first: list = []
   for wrapped in (f'\\boxed{{{answer}}}', f'${answer}$', answer):
-    parsed = parse(wrapped, parsing_timeout=timeout)
+    parsed = _math_verify().parse(wrapped, parsing_timeout=timeout)
     if any(not isinstance(p, str) for p in parsed):
       return tuple(parsed)
     first = first or parsed
@@ -130,8 +137,8 @@ def _grade(pred: str, gold: str, timeout: int | None) -> bool:
   pred_base, gold_base = _BASE_SUBSCRIPT.search(pred), _BASE_SUBSCRIPT.search(gold)
   if pred_base and gold_base and pred_base.group(1) != gold_base.group(1):
     return False
-  return verify(list(_parse(_latex(gold), timeout)), list(_parse(_latex(pred), timeout)),
-                timeout_seconds=timeout)
+  return _math_verify().verify(list(_parse(_latex(gold), timeout)),
+                               list(_parse(_latex(pred), timeout)), timeout_seconds=timeout)
 
 
 def grade(pred: str | None, gold: str) -> bool:
@@ -146,7 +153,7 @@ def grade(pred: str | None, gold: str) -> bool:
   on_main = threading.current_thread() is threading.main_thread()
   try:
     return _grade(pred.strip(), gold.strip(), _TIMEOUT_S if on_main else None)
-  except TimeoutException:  # A BaseException: `except Exception` would let it through.
+  except _math_verify().errors.TimeoutException:  # A BaseException: `except Exception` would let it through.
     return False
 
 
