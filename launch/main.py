@@ -139,6 +139,10 @@ def main(argv):
       raise UserError(f'a job of {hosts.count()} processes runs the arith pipeline only; run '
                       f'the {stages.kind(config)} pipeline of --config={_config_arg()} as one '
                       'process')
+    if '://' in _WORKDIR.value:
+      raise UserError(f'--workdir={_WORKDIR.value}: the workdir is a directory of this machine '
+                      '(on a pod slice, one every host mounts: gcsfuse or a shared disk); copy '
+                      'it to a bucket afterwards (launch.tpu.job --action=copy --bucket=gs://...)')
     workdir = os.path.abspath(_WORKDIR.value)
     if _MODE.value == 'status':
       print(stages.status_report(config, workdir))

@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import launch
+from conftest import COMPILE_FLAGS, launch
 
 CALIB = ('calibration', 'base', 'test')
 EVAL = ('eval_verifiers', 'base', 'test', 'on_base_long')
@@ -92,6 +92,7 @@ def test_rerun_skips_finished_stages(full_run):
   assert {p: p.stat().st_mtime for p in full_run.rglob('*.json*')} == before
 
 
+@pytest.mark.slow
 def test_kill_9_during_train_base_then_rerun_equals_uninterrupted(full_run, tmp_path):
   """Killed at its first checkpoint and rerun, train_base ends on the parameters of the
   uninterrupted run (full_run's)."""
@@ -143,6 +144,17 @@ def test_bad_command_lines_stop_before_any_work(tmp_path, args, line):
   assert not (tmp_path / 'wd').exists()
 
 
+def test_a_bucket_workdir_is_a_one_line_error():
+  from conftest import ROOT
+  result = launch('gs://bucket/wd', mode='data')
+  assert result.returncode == 2, result.stderr[-2000:]
+  assert result.stderr.strip() == (
+      'error: --workdir=gs://bucket/wd: the workdir is a directory of this machine (on a pod '
+      'slice, one every host mounts: gcsfuse or a shared disk); copy it to a bucket afterwards '
+      '(launch.tpu.job --action=copy --bucket=gs://...)'), result.stderr[-2000:]
+  assert not os.path.exists(os.path.join(ROOT, 'gs:'))
+
+
 def test_a_bug_keeps_its_traceback(tmp_path):
   """Only bad input (UserError) is one line: a KeyError from inside a stage is a bug and shows
   its traceback, where the launcher used to print it as `error: 'key'`."""
@@ -155,7 +167,7 @@ def test_a_bug_keeps_its_traceback(tmp_path):
   result = subprocess.run(
       [sys.executable, '-c', code, '--config=configs/arith.py:tiny', f'--workdir={tmp_path}',
        '--mode=data'], cwd=ROOT, capture_output=True, text=True, timeout=300,
-      env=dict(os.environ, JAX_PLATFORMS='cpu', XLA_FLAGS=''))
+      env=dict(os.environ, JAX_PLATFORMS='cpu', XLA_FLAGS=COMPILE_FLAGS))
   assert result.returncode == 1, result.stderr[-2000:]
   assert 'Traceback (most recent call last)' in result.stderr
   assert result.stderr.strip().splitlines()[-1] == "KeyError: 'no_such_key'"
@@ -331,6 +343,7 @@ def test_train_prm_resumes_to_the_uninterrupted_parameters(full_run, tmp_path):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
+@pytest.mark.slow
 def test_train_prm_with_the_backbone_trained_too(full_run, tmp_path):
   """freeze_backbone=False: backbone and head train together on token batches; the checkpoint
   holds both, and info.json's held-out metrics are those of the trained backbone."""
@@ -376,6 +389,7 @@ TINY_LARGE = ['--config.models.large.embed_dim=48', '--config.models.large.hidde
               '--config.models.large.num_kv_heads=1', '--config.models.large.num_layers=2']
 
 
+@pytest.mark.slow
 def test_verifiers_on_another_backbone(full_run, tmp_path):
   """verifier_backbone=large (trained from scratch by train_verifier_backbone): PRM/ORM start from
   the large model's weights, are scored and evaluated under their own names; the default
@@ -406,11 +420,14 @@ def test_verifiers_on_another_backbone(full_run, tmp_path):
   with pytest.raises(UserError, match="train_verifier_backbone.init='base' has other parameter "
                      "shapes than 'large'"):
     table['train_verifier_backbone'].outputs(config, str(workdir))
-  # --mode=all: the finished stages skip; train_verifier_backbone, train_prm, train_orm and
-  # eval_verifiers run on the large backbone.
-  result = launch(workdir, *on_large, '--config.train_verifier_backbone.init=')
+  # The backbone from the command line, then the verifiers on it (the stages after them, which
+  # --mode=all would rerun on the new verifiers, are other tests' business).
+  result = launch(workdir, *on_large, '--config.train_verifier_backbone.init=',
+                  mode='train_verifier_backbone')
   assert result.returncode == 0, result.stderr[-2000:]
   config.train_verifier_backbone.init = ''
+  for name in ('train_verifier_backbone', 'train_prm', 'train_orm', 'eval_verifiers'):
+    stages.execute(table[name], config, str(workdir), rebuild_stale=False)
   large_model, large_params = train_base.load_model(config, str(workdir), 'large', 'test')
   large_info = json.loads((workdir / 'models' / 'large' / 'info.json').read_text())
   assert 'init_from' not in large_info
