@@ -90,6 +90,7 @@ def test_report_opens_with_figures_and_is_reproducible(full_run, tmp_path):
   assert workdir.joinpath(*REPORT, 'REPORT.md').read_text() == report
 
 
+@pytest.mark.slow
 def test_exchange_with_a_larger_model(full_run, tmp_path):
   """A (tiny) larger model trained, sampled greedily and calibrated in the workdir makes the
   policy stale; rebuilt, it compares per bin at K = M + 3(M - 1)/R."""
@@ -129,6 +130,7 @@ def test_exchange_with_a_larger_model(full_run, tmp_path):
   assert workdir.joinpath(*POLICY, 'policy_fig9.png').stat().st_size > 1000
 
 
+@pytest.mark.slow
 def test_infer_answers_a_new_question(full_run):
   from ttc_jax import infer
   from ttc_jax.errors import UserError

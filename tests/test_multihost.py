@@ -14,6 +14,7 @@ import jax
 import numpy as np
 import pytest
 
+from conftest import COMPILE_FLAGS
 from ttc_jax.errors import ConfigError
 from ttc_jax.parallel import hosts
 from ttc_jax.pipeline import stages, train_base
@@ -36,7 +37,7 @@ def _job(workdirs, mode: str, *overrides: str) -> list[subprocess.CompletedProce
   """`--mode=mode` as a job of 2 processes of 4 CPU devices each (process i in workdirs[i])."""
   port = _free_port()
   env = dict(os.environ, JAX_PLATFORMS='cpu',
-             XLA_FLAGS='--xla_force_host_platform_device_count=4')
+             XLA_FLAGS=f'{COMPILE_FLAGS} --xla_force_host_platform_device_count=4')
   cmd = [sys.executable, '-m', 'launch.main', '--config=configs/arith.py:tiny', f'--mode={mode}',
          f'--coordinator_address=127.0.0.1:{port}', '--num_processes=2', *overrides]
   procs = [subprocess.Popen([*cmd, f'--workdir={w}', f'--process_id={i}'], cwd=ROOT, env=env,
@@ -88,6 +89,7 @@ def test_train_base_on_two_processes_equals_one_device(tmp_path):
   assert lines(two) == lines(one) == 2
 
 
+@pytest.mark.slow
 def test_sample_calibrate_and_search_on_two_processes(full_run, tmp_path):
   """From the very weights of the tiny `--mode=all` (one process, one device), every file the
   2-process job writes equals that run's."""
@@ -109,6 +111,28 @@ def test_sample_calibrate_and_search_on_two_processes(full_run, tmp_path):
   assert untimed(two) == untimed(one_process)
   # Only process 0 wrote: no file of another writer, no temporary left.
   assert not list(two.rglob('.tmp-*'))
+
+
+def _untimed(tree):
+  if isinstance(tree, dict):
+    return {k: _untimed(v) for k, v in tree.items() if 'seconds' not in k}
+  return [_untimed(v) for v in tree] if isinstance(tree, list) else tree
+
+
+def test_a_stage_of_process_0_restores_the_verifiers(full_run, tmp_path):
+  """eval_verifiers runs on process 0 alone while process 1 waits: it restores the PRM and ORM
+  checkpoints there (orbax told only process 0 takes part) and writes the one-process files."""
+  one_process, two = full_run, tmp_path / 'two'
+  shutil.copytree(one_process, two)
+  for sub in ('verifier_scores', 'eval_verifiers'):
+    shutil.rmtree(two / sub)
+  _two_processes(two, 'eval_verifiers')
+  scores = lambda w: {str(p.relative_to(w)): {k: v.tolist() for k, v in np.load(p).items()}
+                      for p in sorted((w / 'verifier_scores').rglob('*.npz'))}
+  assert scores(two) and scores(two) == scores(one_process)
+  result = 'eval_verifiers/base/test/on_base_long/verifiers.json'
+  assert (_untimed(json.loads((two / result).read_text()))
+          == _untimed(json.loads((one_process / result).read_text())))
 
 
 def test_a_workdir_not_shared_by_the_processes(tmp_path):

@@ -134,6 +134,7 @@ def test_sample_reader_checks_counts_and_schema(full_run, tmp_path):
     sample_shards.read(samples, 20, per, 'calibrate')
 
 
+@pytest.mark.slow
 def test_rerun_with_a_changed_key_stops_or_rebuilds_only_the_affected_chain(full_run, tmp_path):
   workdir = tmp_path / 'wd'
   shutil.copytree(full_run, workdir)

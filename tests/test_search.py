@@ -224,7 +224,7 @@ def test_best_of_n_uses_one_sampler_call_and_the_one_pass_scorer():
     assert r.proposer_tokens == sum(map(len, r.completions))
     assert r.verifier_tokens == r.proposer_tokens + c.n * len(prompt)
     for a, b in zip(scorer.score(VERIFIER, [prompt] * c.n, r.completions), r.step_scores):
-      np.testing.assert_allclose(a, b, atol=1e-6)  # other batches: rounding differs
+      np.testing.assert_allclose(a, b, atol=5e-6)  # other batches: rounding differs
 
 
 def test_no_recompile_on_a_second_search():

@@ -1,11 +1,6 @@
 """Trainer: loss goes down; a run stopped mid-way and resumed equals an uninterrupted one."""
 
 import os
-import signal
-import subprocess
-import sys
-import textwrap
-import time
 
 import jax
 import numpy as np
