@@ -61,7 +61,6 @@ def launch(workdir, *args, mode='all', wait=True, config=TINY):
 # session collects a test that needs it, while the workers run the tests that do not.
 FULL_RUN = SHARED / 'full'
 _FULL_RC = SHARED / 'full.rc'
-_background: list[subprocess.Popen] = []
 
 
 def _start_full_run() -> None:
@@ -77,9 +76,8 @@ def _start_full_run() -> None:
             f'cp {shlex.quote(str(log))} {shlex.quote(str(FULL_RUN / ".console.log"))}; '
             f'echo $rc > {shlex.quote(str(_FULL_RC))}.tmp && '
             f'mv {shlex.quote(str(_FULL_RC))}.tmp {shlex.quote(str(_FULL_RC))}')
-  _background.append(subprocess.Popen(['bash', '-c', script], cwd=ROOT, env=env,
-                                      stdout=subprocess.DEVNULL))
-  atexit.register(lambda: _background[0].poll() is None and _background[0].kill())
+  build = subprocess.Popen(['bash', '-c', script], cwd=ROOT, env=env, stdout=subprocess.DEVNULL)
+  atexit.register(lambda: build.poll() is None and build.kill())
 
 
 @pytest.fixture(scope='session')

@@ -225,7 +225,11 @@ _ACTIVE_RULES: contextvars.ContextVar[Rules | None] = contextvars.ContextVar(
 @contextlib.contextmanager
 def axis_rules(mesh, rules):
   """Within this block, functions traced (jitted) lay out activations and the KV cache over
-  `mesh` by `rules` (see `constrain`). The mesh becomes JAX's context mesh (`jax.set_mesh`)."""
+  `mesh` by `rules` (see `constrain`). The mesh becomes JAX's context mesh (`jax.set_mesh`).
+  With no mesh (one device), nothing changes."""
+  if mesh is None:
+    yield
+    return
   rules = normalize_rules(rules)
   _check_axes(mesh, rules)
   token = _ACTIVE_RULES.set(rules)

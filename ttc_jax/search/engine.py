@@ -24,7 +24,6 @@ round's jitted calls compile once per shape (and per chunk-width bucket of the v
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
 from typing import Callable, Sequence
@@ -158,7 +157,7 @@ def search(config: SearchConfig, models: Models, prompts: Sequence[Sequence[int]
   lay = _Layout(len(prompts), mesh)
   padded = list(prompts) + [prompts[-1]] * (lay.problems - len(prompts))
   # On a mesh, the KV caches and activations are laid out by their logical axes (rows on 'data').
-  with contextlib.nullcontext() if mesh is None else sharding.axis_rules(mesh, 'data'):
+  with sharding.axis_rules(mesh, 'data'):
     if config.method == 'best_of_n':
       results = _best_of_n(config, models, padded, key, answer_of, lay, batch_tokens)
     else:

@@ -153,7 +153,8 @@ def grade(pred: str | None, gold: str) -> bool:
   on_main = threading.current_thread() is threading.main_thread()
   try:
     return _grade(pred.strip(), gold.strip(), _TIMEOUT_S if on_main else None)
-  except _math_verify().errors.TimeoutException:  # A BaseException: `except Exception` would let it through.
+  # Math-Verify's TimeoutException is a BaseException: `except Exception` would let it through.
+  except _math_verify().errors.TimeoutException:
     return False
 
 

@@ -6,7 +6,6 @@ with exactly the parameters of an uninterrupted one.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import json
 import os
@@ -158,8 +157,7 @@ def train(objective: Objective, examples: Examples, cfg: ml_collections.ConfigDi
   t0, last_log = time.perf_counter(), start
   # Every step runs inside the rules (the context mesh is part of the jit's cache key), so
   # activations are laid out by their logical axes too.
-  layout = contextlib.nullcontext() if mesh is None else sharding.axis_rules(mesh, rules)
-  with layout:
+  with sharding.axis_rules(mesh, rules):
     for step in range(start, min(cfg.steps, stop_after or cfg.steps)):
       batch = place(batch_at(examples, step, cfg.batch_size, cfg.seed))
       state, metrics = step_fn(state, batch)
